@@ -1,0 +1,136 @@
+"""Datasets and prompts: typed problem records, strict loaders, and the chat-templated prompts the trainer samples.
+
+    problems = load_jsonl("train.jsonl")              # each row: {"problem": ..., "answer": ...}; optional "solution", "id"
+    prompts = [make_prompt(tok, p) for p in problems]   # unguided: the bare problem as the user turn
+    prompts[0].prompt_ids                                # token ids for vLLM and the trainer
+
+A `Prompt` is what the trainer samples a group of completions for; a POPE guided copy is a second `Prompt` of the same
+`Problem`, with `kind="guided"` and the oracle prefix inside its user turn (so it is prompt, never a training target).
+
+Bad input fails loudly: a row that is not JSON, or lacks a field, raises `DataError` naming the file, the line and the
+field; an empty file is an error too. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The system prompt of the POPE authors' PipelineRL config (conf/pope.yaml: actor.system_prompt), used for guided and
+# unguided prompts alike so that the two differ only by the guidance (spec/algorithms.md §2.5).
+DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message names the file, the line and the field."""
+
+
+@dataclass
+class Problem:
+    """One math problem as a dataset stores it."""
+
+    id: str
+    problem: str
+    answer: str  # the gold answer, bare LaTeX or plain text (as the reward checker expects it)
+    solution: str | None = None  # an oracle solution (human or verified strong-model), for POPE's guiding prefixes
+
+
+@dataclass
+class Prompt:
+    """A problem rendered for the model: what one group of rollouts is sampled from."""
+
+    problem: Problem
+    prompt_ids: list[int]
+    kind: str = "unguided"  # "unguided" | "guided" (POPE) | any tag the caller wants rewards logged under
+    prefix: str = ""  # the oracle prefix inside a guided prompt (empty for unguided)
+    meta: dict = field(default_factory=dict)
+
+
+def load_jsonl(path: str | Path, problem_key: str = "problem", answer_key: str = "answer",
+               solution_key: str = "solution", id_key: str = "id") -> list[Problem]:
+    """Read a JSONL file of problems. `*_key` map the file's column names onto the record's fields.
+
+    `problem` and `answer` are required (non-empty); `solution` and `id` are optional (id defaults to "file:line").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    problems = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            problems.append(problem_from_row(row, f"{path}:{line_no}", problem_key, answer_key, solution_key,
+                                             id_key, default_id=f"{path.name}:{line_no}"))
+    if not problems:
+        raise DataError(f"{path}: the file holds no rows")
+    return problems
+
+
+def problem_from_row(row: dict, where: str, problem_key: str = "problem", answer_key: str = "answer",
+                     solution_key: str = "solution", id_key: str = "id", default_id: str = "") -> Problem:
+    """Turn one row into a `Problem`, or raise `DataError` naming `where` and the missing or empty field."""
+    for key in (problem_key, answer_key):
+        value = row.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{where}: field '{key}' is missing or empty (row keys: {sorted(row)})")
+    solution = row.get(solution_key)
+    return Problem(id=str(row.get(id_key, default_id)), problem=str(row[problem_key]), answer=str(row[answer_key]),
+                   solution=str(solution) if solution else None)
+
+
+def render(tokenizer, user_text: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:
+    """Token ids of a chat with one user turn (and a system turn unless `system_prompt` is empty), ready for the
+    assistant's answer: `<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n`."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": user_text}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def make_prompt(tokenizer, problem: Problem, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> Prompt:
+    """The unguided prompt: the bare problem text as the user turn."""
+    return Prompt(problem, render(tokenizer, problem.problem, system_prompt))
+
+
+# POPE guided prompts (spec/algorithms.md §2.5). The paper's verbatim template was not readable; template (a) is the
+# continuation prompt of the authors' research circle (violetxi/ExpRL, gen_rm/data_processing/continue_rollout.py,
+# get_prompt_template("rollout")), used as the user turn under the same system prompt as unguided problems.
+GUIDED_TEMPLATES = {
+    "continue": (
+        "You are given a problem and a partial solution.\n\n"
+        "Your task is to carefully study the partial response, identify what reasoning or steps are already "
+        "provided, and then complete the solution from where it left off. Ensure your continuation is logically "
+        "consistent and leads to a complete and correct final answer.\n\n"
+        "**Important**: Show your reasoning step-by-step, and clearly present the final answer using LaTeX-style "
+        "`\\boxed{{}}` notation.\n\n"
+        "Problem:\n{problem}\n\n"
+        "Partial Response:\n{prefix}\n\n"
+        "Continue solving the problem, starting from where the partial response ends. Make sure your final answer "
+        "is written as: \\boxed{{your_answer_here}}"
+    ),
+}
+# The "do not restate the prefix" ablation (POPE blog / write-ups report that transfer to unguided problems degrades;
+# the exact wording was not found, this sentence is this project's choice, spec §2.10 item 5).
+GUIDED_TEMPLATES["no-restate"] = GUIDED_TEMPLATES["continue"] + (
+    "\n\nDo not restate or repeat any part of the partial response; begin directly with the next step.")
+
+
+def guided_text(problem: Problem, prefix: str, template: str = "continue") -> str:
+    """The user turn of a guided prompt: the problem plus an oracle-solution prefix and the instruction to continue."""
+    if template not in GUIDED_TEMPLATES:
+        raise ValueError(f"unknown guided template {template!r}; choose one of {sorted(GUIDED_TEMPLATES)}")
+    return GUIDED_TEMPLATES[template].format(problem=problem.problem, prefix=prefix)
+
+
+def make_guided_prompt(tokenizer, problem: Problem, prefix: str, template: str = "continue",
+                       system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> Prompt:
+    """A POPE guided copy of `problem`: its own group, its own baseline; the prefix lives in the prompt."""
+    return Prompt(problem, render(tokenizer, guided_text(problem, prefix, template), system_prompt),
+                  kind="guided", prefix=prefix)

