@@ -1,0 +1,643 @@
+"""GRPO: group-relative policy optimisation with vLLM rollouts. The loss, and the training step top to bottom.
+
+    python grpo.py --model Qwen/Qwen3-4B-Instruct-2507 --data train.jsonl          # one process
+    torchrun --nproc_per_node=8 grpo.py --model Qwen/Qwen3-4B-Instruct-2507 --data train.jsonl
+
+One step: sample prompts -> vLLM rollouts (a group of G per prompt) -> rewards -> group advantages -> clipped
+policy-gradient loss on the trainer model -> optimizer step -> push the new weights into vLLM -> log.
+
+The loss, per completion token t of sequence i (prompt tokens, including a POPE guiding prefix, carry no loss):
+
+    A_i     = r_i - mean_group(r)                      [/ (std_group(r) + eps) with --adv-std-norm]   (GRPO; Dr.GRPO off)
+    rho_t   = pi_theta(y_t | s_t) / pi_old(y_t | s_t)
+    L_t     = -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)                              (PPO; DAPO clip-higher)
+              + kl_coef * KL_t - entropy_coef * H(pi_theta(. | s_t))
+    loss    = sum_t w_t L_t          with the per-token weight w_t set by --loss-agg (token-mean, seq-mean-token-mean, ...)
+
+Options come from: GRPO (DeepSeekMath, arXiv 2402.03300), DAPO (arXiv 2503.14476: clip-higher, token-mean),
+Dr.GRPO (arXiv 2503.20783: no std, constant normaliser), Schulman's KL estimators (joschu.net/blog/kl-approx.html),
+the POPE authors' PipelineRL config (sum over tokens / sequences per step), RAPO (arXiv 2510.03865: forward KL to a
+reward-reweighted reference). spec/algorithms.md in ../shared has the provenance of each.
+
+Logprobs are computed only at completion positions and in chunks of positions (`token_stats`), so peak memory is
+(chunk x vocab), not (response length x vocab): at Qwen's 151,936-token vocabulary a 16k-token response would need
+~10 GB for one fp32 log_softmax.
+
+Deliberately left out: a value model (GRPO needs none), asynchronous / off-policy rollouts (every rollout comes from
+the current weights; the PPO ratio matters only with --minibatches > 1), dynamic sampling (zero-std groups are kept
+and simply contribute no gradient), learning-rate schedules (constant), and importance correction of the small
+vLLM-vs-trainer logprob gap (it is logged every step instead: it is the health metric of the weight sync).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+import data
+import reward
+from rollout import Engine
+
+
+def opt(default, help: str, **kw):
+    """A config field with its --help text (and optional argparse `choices`)."""
+    return field(default=default, metadata=dict(help=help, **kw))
+
+
+@dataclass
+class Config:
+    # what to train on (system_prompt first: the `data` field below shadows the module inside this class body)
+    system_prompt: str = opt(data.DEFAULT_SYSTEM_PROMPT, "system turn of every prompt ('' for none)")
+    model: str = opt("", "HF model id or local folder (policy, reference, and the vLLM engine's starting weights)")
+    data: str = opt("", "JSONL file of problems: one {'problem': ..., 'answer': ...} per line")
+    out_dir: str = opt("runs/grpo", "where metrics.jsonl, samples.jsonl and the final HF checkpoint go")
+    # rollouts
+    steps: int = opt(100, "optimizer steps (x --minibatches) to run")
+    prompts_per_step: int = opt(32, "prompts per step over all ranks; each gets its own group (POPE config: 32)")
+    group_size: int = opt(8, "completions sampled per prompt, G (POPE config: 8)")
+    temperature: float = opt(1.0, "sampling temperature; the trainer divides its logits by the same value")
+    max_new_tokens: int = opt(1024, "completion budget per sample")
+    max_model_len: int = opt(4096, "vLLM context: longest prompt + max_new_tokens must fit")
+    # advantages and loss
+    adv_std_norm: bool = opt(True, "divide r - mean by the group's std (GRPO); off = Dr.GRPO / POPE authors' config")
+    adv_eps: float = opt(1e-6, "eps in (r - mean) / (std + eps); std is the population std of the group")
+    eps_low: float = opt(0.2, "lower clip: ratio >= 1 - eps_low for negative advantages (PPO/GRPO 0.2)")
+    eps_high: float = opt(0.2, "upper clip: ratio <= 1 + eps_high for positive advantages (GRPO 0.2, DAPO 0.28)")
+    loss_agg: str = opt("token-mean", "how token losses are averaged: token-mean (DAPO) | seq-mean-token-mean "
+                        "(GRPO) | seq-mean-token-sum-norm (Dr.GRPO, / (sequences x max_new_tokens)) | sum "
+                        "(/ sequences per step; POPE authors' PipelineRL config)",
+                        choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "sum"])
+    kl: str = opt("reverse-k3", "KL direction and estimator: reverse-k1 | reverse-k2 | reverse-k3 (GRPO) are "
+                  "KL(pi || ref) at the sampled token; forward-sampled is KL(ref || pi) as w log w - w + 1 with "
+                  "w = ref/pi (RAPO); forward-exact sums over the vocabulary at each position",
+                  choices=["reverse-k1", "reverse-k2", "reverse-k3", "forward-sampled", "forward-exact"])
+    kl_coef: float = opt(0.0, "weight of the KL term; 0 loads no reference model (DeepSeekMath 0.04, POPE 0)")
+    kl_log_ratio_clamp: float = opt(10.0, "clamp log(ref/pi) to +-this in the sampled estimators (k3, forward)")
+    ref_phi_min: float = opt(1.0, "RAPO reward-aware reference: log ref_hat = log_softmax(phi * log ref), "
+                             "phi = phi_min + (1 - phi_min) * reward; 1.0 = the plain reference")
+    ref_phi_source: str = opt("sample", "reward that sets phi: the sample's own, or its group's mean (RAPO; "
+                              "not published, this project's options)", choices=["sample", "group-mean"])
+    entropy_coef: float = opt(0.0, "entropy bonus weight, exact over the vocabulary (POPE 1e-4, SimpleRL 1e-3)")
+    # optimisation
+    lr: float = opt(1e-6, "AdamW learning rate, constant (POPE config: 1e-6)")
+    weight_decay: float = opt(0.0, "AdamW weight decay (POPE config: 0.01)")
+    max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (POPE config: 0.3)")
+    minibatches: int = opt(1, "optimizer steps per rollout batch; > 1 makes the PPO ratio and clip active")
+    micro_batch_size: int = opt(8, "sequences per forward/backward pass on each rank")
+    logprob_chunk: int = opt(1024, "completion positions per chunk of logits (peak memory ~ chunk x vocab)")
+    grad_checkpointing: bool = opt(False, "recompute decoder layers in backward (long responses on GPU)")
+    # system
+    dtype: str = opt("auto", "compute dtype of vLLM and the trainer: auto = bfloat16 on GPU, float32 on CPU; "
+                     "master weights and optimizer state are always float32", choices=["auto", "bfloat16", "float32"])
+    seed: int = opt(0, "seeds data order, vLLM sampling (per step and prompt) and torch")
+    vllm_gpu_memory_utilization: float = opt(0.35, "fraction of GPU memory the vLLM engine takes (weights + KV)")
+    vllm_kv_cache_bytes: int = opt(0, "explicit KV-cache size in bytes; 0 = from utilization (CPU default 64 MiB)")
+    sleep_level: int = opt(0, "vLLM sleep during training: 0 off, 1 offload weights to CPU, 2 discard them",
+                           choices=[0, 1, 2])
+    reward_workers: int = opt(0, "processes for reward scoring (0 = in this process)")
+    reward_timeout: float = opt(10.0, "seconds before a reward call is abandoned and scored 0")
+    log_samples: int = opt(2, "rollouts printed per step")
+    eval_every: int = opt(0, "every this many steps, measure solvability of the eval prompts (0 = never)")
+    eval_k: int = opt(8, "samples per eval prompt: solvable = at least one of k correct (POPE: pass@8)")
+
+
+def parse_config(cls, argv=None, **defaults):
+    """Build an argparse parser from a config dataclass (one --kebab-case flag per field) and parse argv."""
+    parser = argparse.ArgumentParser(description=sys.modules[cls.__module__].__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        default = defaults.get(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"),
+                                help=f.metadata["help"])
+    return cls(**vars(parser.parse_args(argv)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Advantages
+
+
+def group_advantages(rewards: torch.Tensor, std_norm: bool, eps: float) -> torch.Tensor:
+    """A_i = r_i - mean(r) over each group (row), optionally / (std(r) + eps), with the population std.
+
+    >>> group_advantages(torch.tensor([[1., 0., 0., 1.], [1., 1., 1., 1.]]), std_norm=False, eps=1e-6)
+    tensor([[ 0.5000, -0.5000, -0.5000,  0.5000],
+            [ 0.0000,  0.0000,  0.0000,  0.0000]])
+    """
+    adv = rewards - rewards.mean(dim=1, keepdim=True)  # [B, G]
+    if std_norm:
+        adv = adv / (rewards.std(dim=1, keepdim=True, unbiased=False) + eps)  # [B, G]
+    return adv
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-token log-probabilities, entropy and forward KL, in chunks of positions
+
+
+def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, temperature: float,
+                chunk_size: int, ref_hidden: torch.Tensor | None = None, ref_head: torch.Tensor | None = None,
+                ref_phi: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-token statistics of the policy (and the reference) at N completion positions.
+
+    hidden [N, H] are the final hidden states that predict `targets` [N]; head [V, H] is the output embedding.
+    Logits are formed for at most `chunk_size` positions at a time, and under autograd each chunk is checkpointed,
+    so the backward pass recomputes its logits instead of keeping them: peak memory ~ chunk_size x V.
+
+    Returns `logp` and `entropy` [N] of pi_theta = softmax(logits / T); with a reference also `ref_logp` [N] (the
+    sampled token under the reference) and `kl_exact` [N] = sum_v ref(v) (log ref(v) - log pi_theta(v)).
+    The reference enters through its logits as log ref = log_softmax(phi * log_softmax(ref_logits / T)), phi [N]
+    (RAPO's reward-aware reweighting; phi = 1 is the plain reference, phi -> 0 the uniform distribution).
+
+    >>> h, W = torch.randn(5, 8), torch.randn(11, 8)
+    >>> s = token_stats(h, W, torch.tensor([0, 3, 3, 10, 1]), temperature=1.0, chunk_size=2)
+    >>> torch.allclose(s["logp"], torch.log_softmax(h @ W.T, -1)[torch.arange(5), [0, 3, 3, 10, 1]])
+    True
+    """
+    with_ref = ref_hidden is not None
+    if with_ref and ref_phi is None:
+        ref_phi = torch.ones(len(targets), device=targets.device)
+    chunk_fn = partial(_chunk_stats, head=head, ref_head=ref_head, temperature=temperature)
+    outs = []
+    for s in range(0, len(targets), chunk_size):
+        args = (hidden[s:s + chunk_size], targets[s:s + chunk_size]) + (
+            (ref_hidden[s:s + chunk_size], ref_phi[s:s + chunk_size]) if with_ref else ())
+        if torch.is_grad_enabled() and len(targets) > chunk_size:
+            outs.append(checkpoint(chunk_fn, *args, use_reentrant=False))
+        else:
+            outs.append(chunk_fn(*args))
+    names = ["logp", "entropy"] + (["ref_logp", "kl_exact"] if with_ref else [])
+    return {name: torch.cat([o[j] for o in outs]) if outs else hidden.new_zeros(0) for j, name in enumerate(names)}
+
+
+def _chunk_stats(h, y, ref_h=None, phi=None, *, head, ref_head, temperature):
+    logp_all = torch.log_softmax((h @ head.T).float() / temperature, dim=-1)  # [n, V]
+    logp = logp_all.gather(-1, y[:, None])[:, 0]  # [n]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n]
+    if ref_h is None:
+        return logp, entropy
+    ref_all = torch.log_softmax((ref_h @ ref_head.T).float() / temperature, dim=-1)  # [n, V]
+    ref_all = torch.log_softmax(phi[:, None] * ref_all, dim=-1)  # [n, V] reweighted reference (identity at phi=1)
+    ref_logp = ref_all.gather(-1, y[:, None])[:, 0]  # [n]
+    kl_exact = (ref_all.exp() * (ref_all - logp_all)).sum(-1)  # [n] KL(ref || pi) at this position
+    return logp, entropy, ref_logp, kl_exact
+
+
+class Scorer(torch.nn.Module):
+    """A causal LM whose forward returns `token_stats` at completion positions only (never the full logits).
+
+    Wrapping the HF model in one module makes the whole computation a single forward of the FSDP2 root, so the
+    output embedding is gathered (unsharded) while the chunks use it. `lm` keeps the HF parameter names.
+    """
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, loss_mask, temperature: float, chunk_size: int,
+                ref_hidden=None, ref_head=None, ref_phi=None, hidden_only: bool = False):
+        hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask,
+                               use_cache=False).last_hidden_state  # [b, S, H]
+        mask = loss_mask[:, 1:]  # [b, S-1] True where the next token is a completion token
+        h = hidden[:, :-1][mask]  # [N, H] the states that predict completion tokens (prompt positions dropped)
+        if hidden_only:
+            return h
+        targets = input_ids[:, 1:][mask]  # [N]
+        return token_stats(h, self.lm.lm_head.weight, targets, temperature, chunk_size, ref_hidden, ref_head, ref_phi)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loss
+
+
+def token_weights(seq_lens: torch.Tensor, mode: str, n_seqs: int, n_tokens: int, max_len: int) -> torch.Tensor:
+    """Per-token weights w_t that turn token losses into the step's loss, sum_t w_t L_t, for one aggregation mode.
+
+    `seq_lens` [B] are the completion lengths |y_i| of the sequences at hand; `n_seqs` and `n_tokens` count ALL
+    sequences and completion tokens of the optimizer step (every micro-batch, every rank), so micro-batches and
+    ranks add up to exactly the loss below:
+        token-mean                (1 / sum_i |y_i|)         sum_i sum_t L_it       DAPO
+        seq-mean-token-mean       (1 / n) sum_i (1 / |y_i|) sum_t L_it             GRPO
+        seq-mean-token-sum-norm   (1 / (n * max_len))       sum_i sum_t L_it       Dr.GRPO
+        sum                       (1 / n)                   sum_i sum_t L_it       POPE authors (PipelineRL)
+
+    >>> token_weights(torch.tensor([1, 3]), "seq-mean-token-mean", n_seqs=2, n_tokens=4, max_len=8)
+    tensor([0.5000, 0.1667, 0.1667, 0.1667])
+    """
+    per_seq = {
+        "token-mean": torch.full(seq_lens.shape, 1.0 / n_tokens),
+        "seq-mean-token-mean": 1.0 / (n_seqs * seq_lens.double()),
+        "seq-mean-token-sum-norm": torch.full(seq_lens.shape, 1.0 / (n_seqs * max_len)),
+        "sum": torch.full(seq_lens.shape, 1.0 / n_seqs),
+    }[mode]
+    return per_seq.float().repeat_interleave(seq_lens)  # [N]
+
+
+def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
+            kl_exact: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token KL penalty [N]. With log u = log ref(y_t) - log pi(y_t) at the sampled token (u = ref / pi):
+
+        reverse-k1       -log u                      KL(pi || ref), unbiased, can be negative
+        reverse-k2       (log u)^2 / 2               KL(pi || ref), biased, low variance
+        reverse-k3       u - 1 - log u               KL(pi || ref), unbiased, >= 0 (GRPO, "low_var_kl")
+        forward-sampled  w log w - w + 1, w = u      KL(ref || pi), >= 0 (RAPO's sample estimator)
+        forward-exact    sum_v ref(v) log(ref(v) / pi(v))   KL(ref || pi), exact at each visited position
+
+    >>> kl_term(torch.tensor([-1.0]), torch.tensor([-1.0]), "reverse-k3", clamp=10.0)   # policies agree
+    tensor([0.])
+    """
+    if kind == "forward-exact":
+        return kl_exact
+    log_u = ref_logp - logp  # [N]
+    if kind == "reverse-k1":
+        return -log_u
+    if kind == "reverse-k2":
+        return 0.5 * log_u**2
+    log_u = log_u.clamp(-clamp, clamp)  # [N] bounded ratio for the exponentials
+    if kind == "reverse-k3":
+        return log_u.exp() - 1 - log_u
+    if kind == "forward-sampled":
+        return log_u.exp() * log_u - log_u.exp() + 1
+    raise ValueError(f"unknown KL estimator {kind!r}")
+
+
+def grpo_loss(logp, old_logp, adv, weights, cfg: Config, entropy=None, ref_logp=None, kl_exact=None):
+    """The step's loss sum_t w_t L_t over N completion tokens, and token-level metric sums.
+
+    logp, old_logp, adv, weights, entropy, ref_logp, kl_exact: [N] (adv is the sequence's advantage per token).
+    """
+    ratio = torch.exp(logp - old_logp)  # [N] rho_t; exactly 1 (with gradient) when old_logp = logp.detach()
+    clipped = ratio.clamp(1 - cfg.eps_low, 1 + cfg.eps_high)  # [N]
+    loss_t = -torch.minimum(ratio * adv, clipped * adv)  # [N] PPO's pessimistic surrogate
+    metrics = {
+        # tokens where the clip is active (gradient zero): above 1 + eps_high with A > 0, below 1 - eps_low with A < 0
+        "clip_pos": ((adv > 0) & (ratio > 1 + cfg.eps_high)).sum().item(), "n_pos": (adv > 0).sum().item(),
+        "clip_neg": ((adv < 0) & (ratio < 1 - cfg.eps_low)).sum().item(), "n_neg": (adv < 0).sum().item(),
+    }
+    if cfg.kl_coef > 0:
+        kl = kl_term(logp, ref_logp, cfg.kl, cfg.kl_log_ratio_clamp, kl_exact)  # [N]
+        loss_t = loss_t + cfg.kl_coef * kl  # [N]
+        metrics["kl"] = kl.detach().sum().item()
+    if entropy is not None:
+        loss_t = loss_t - cfg.entropy_coef * entropy  # [N]
+        metrics["entropy"] = entropy.detach().sum().item()
+    return (weights * loss_t).sum(), metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Setup helpers
+
+
+class ConfigError(ValueError):
+    """A bad command-line value; the message says what to change."""
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device). Under torchrun: one process per GPU (nccl) or per CPU rank (gloo)."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def check_model_path(model: str) -> None:
+    """Fail early, in one line, on a --model that is neither a local folder nor a Hub id like 'org/name'."""
+    if not model:
+        raise ConfigError("--model is required (a local HF folder or a Hub id such as Qwen/Qwen3-4B-Instruct-2507)")
+    if Path(model).exists():
+        if not (Path(model) / "config.json").is_file():
+            raise ConfigError(f"--model {model}: the folder has no config.json (not a Hugging Face model folder)")
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ConfigError(f"--model {model}: no such folder, and not a Hub id of the form org/name")
+
+
+def load_scorer(cfg: Config, device, world: int, trainable: bool) -> Scorer:
+    """The HF model in float32 (master weights), wrapped in `Scorer`; sharded with FSDP2 when world > 1."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to(device)
+    if trainable and cfg.grad_checkpointing:
+        lm.gradient_checkpointing_enable()
+    scorer = Scorer(lm).train(trainable).requires_grad_(trainable)
+    if world > 1:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=compute_dtype(cfg), reduce_dtype=torch.float32)
+        for layer in lm.model.layers:
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(scorer, mp_policy=mp)  # root: embeddings, final norm and lm_head
+    return scorer
+
+
+def compute_dtype(cfg: Config) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def hf_state(scorer: Scorer):
+    """(HF name, tensor) pairs of the policy, in a fixed order (the `Scorer.lm.` prefix stripped)."""
+    return ((name.removeprefix("lm."), t) for name, t in scorer.state_dict().items())
+
+
+def full_tensor(t):
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def request_seed(*parts: int) -> int:
+    """A reproducible vLLM request seed from (seed, step, prompt index); requests' seeds land far apart."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
+
+
+def prompts_for_step(prompts: list, step: int, per_step: int, seed: int) -> list:
+    """The step's prompts: consecutive slices of seeded per-epoch permutations (resumable from the step alone)."""
+    out, start = [], step * per_step
+    for i in range(start, start + per_step):
+        epoch, pos = divmod(i, len(prompts))
+        out.append(prompts[np.random.default_rng([seed, epoch]).permutation(len(prompts))[pos]])
+    return out
+
+
+def pad(rows: list[list[int]], value) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def reduce_sums(sums: dict[str, float], device, op=None) -> dict[str, float]:
+    """Add (or max, with op=MAX) metric values over ranks; a no-op in one process."""
+    if not dist.is_initialized() or not sums:
+        return sums
+    t = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return dict(zip(sums, t.tolist()))
+
+
+def math_prompt_reward(text: str, prompt: data.Prompt) -> float:
+    """The default reward: 1.0 if the last boxed answer equals the problem's gold answer (reward.math_reward)."""
+    return reward.math_reward(text, prompt.problem.answer)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
+          eval_prompts: list[data.Prompt] | None = None, engine: Engine | None = None) -> list[dict]:
+    """Run GRPO on `prompts` with `reward_fn(completion_text, prompt) -> float`; returns the per-step metrics.
+
+    `engine` reuses a running vLLM engine (its weights are first replaced by --model's); by default one is built.
+    """
+    rank, world, device = init_distributed()
+    if cfg.prompts_per_step % world:
+        raise ConfigError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {world} ranks")
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kinds = sorted({p.kind for p in prompts})
+    # The engine comes first: on GPU it checks free memory at start-up, before optimizer state exists.
+    engine = engine or Engine(cfg.model, dtype=str(compute_dtype(cfg)).removeprefix("torch."), max_model_len=cfg.max_model_len,
+                    seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                    kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
+                    distributed=world > 1)
+    policy = load_scorer(cfg, device, world, trainable=True)
+    ref = load_scorer(cfg, device, world, trainable=False) if cfg.kl_coef > 0 else None
+    ref_head = full_tensor(ref.lm.lm_head.weight).detach() if ref else None  # [V, H], needed whole by every chunk
+    engine.sync_weights(hf_state(policy))  # a no-op for a fresh engine; resets a reused one to --model
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pool = reward.RewardPool(cfg.reward_workers, cfg.reward_timeout)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_available() and world == 1
+                              and compute_dtype(cfg) == torch.bfloat16)
+    history = []
+    log_file = open(out_dir / "metrics.jsonl", "a") if rank == 0 else None
+    sample_file = open(out_dir / "samples.jsonl", "a") if rank == 0 else None
+    bar = tqdm(range(cfg.steps), disable=rank != 0, desc="grpo")
+    for step in bar:
+        timings, t0 = {}, time.perf_counter()
+
+        # 1. Sample this rank's prompts (a group never straddles ranks).
+        per_rank = cfg.prompts_per_step // world
+        batch = prompts_for_step(prompts, step, cfg.prompts_per_step, cfg.seed)[rank * per_rank:(rank + 1) * per_rank]
+
+        # 2. Rollout: G completions per prompt from the current weights.
+        seeds = [request_seed(cfg.seed, step, rank * per_rank + j) for j in range(per_rank)]
+        groups = engine.generate([p.prompt_ids for p in batch], n=cfg.group_size, temperature=cfg.temperature,
+                                 max_tokens=cfg.max_new_tokens, seeds=seeds)
+        engine.sleep(cfg.sleep_level)
+        timings["rollout"] = time.perf_counter() - t0
+
+        # 3. Reward every completion.
+        t = time.perf_counter()
+        flat = [(p, s) for p, group in zip(batch, groups) for s in group]
+        failures_before = pool.failures
+        rewards = torch.tensor(pool.map(reward_fn, [(s.text, p) for p, s in flat])).view(per_rank, cfg.group_size)
+        timings["reward"] = time.perf_counter() - t
+
+        # 4. Group-relative advantages, one scalar per completion, broadcast to its tokens.
+        adv = group_advantages(rewards, cfg.adv_std_norm, cfg.adv_eps)  # [B, G]
+        phi_reward = rewards if cfg.ref_phi_source == "sample" else rewards.mean(1, keepdim=True).expand_as(rewards)
+        phi = cfg.ref_phi_min + (1 - cfg.ref_phi_min) * phi_reward  # [B, G] RAPO's reference reweighting
+        seqs = [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids), vllm_logp=s.logprobs,
+                     adv=a, phi=f) for (p, s), a, f in zip(flat, adv.flatten().tolist(), phi.flatten().tolist())]
+
+        # 5. Loss and optimizer step(s): each minibatch of sequences is one optimizer step.
+        sums = {"fwd_s": 0.0, "bwd_s": 0.0, "gap_sum": 0.0, "n_tokens": 0}
+        maxes = {"gap_max": 0.0}
+        grad_norms = []
+        minibatches = np.array_split(np.arange(len(seqs)), cfg.minibatches)
+        old_logp = precompute_old_logp(policy, seqs, cfg, device, autocast) if cfg.minibatches > 1 else None
+        for mb in minibatches:
+            mb_lens = [len(seqs[i]["ids"]) - seqs[i]["n_prompt"] for i in mb]
+            n_seqs, n_tokens = reduce_sums({"s": len(mb), "t": sum(mb_lens)}, device).values()
+            for m in range(0, len(mb), cfg.micro_batch_size):
+                idx = mb[m:m + cfg.micro_batch_size]
+                ids = pad([seqs[i]["ids"] for i in idx], 0).to(device)  # [b, S] prompt + completion, right-padded
+                positions = torch.arange(ids.shape[1], device=device)[None]  # [1, S]
+                n_prompt = torch.tensor([seqs[i]["n_prompt"] for i in idx], device=device)[:, None]  # [b, 1]
+                length = torch.tensor([len(seqs[i]["ids"]) for i in idx], device=device)[:, None]  # [b, 1]
+                attention_mask = positions < length  # [b, S]
+                loss_mask = (positions >= n_prompt) & attention_mask  # [b, S] completion tokens only
+                lens = (loss_mask.sum(1)).cpu()  # [b]
+                tok_adv = torch.repeat_interleave(torch.tensor([seqs[i]["adv"] for i in idx]), lens).to(device)  # [N]
+                tok_phi = torch.repeat_interleave(torch.tensor([seqs[i]["phi"] for i in idx]), lens).to(device)  # [N]
+                weights = token_weights(lens, cfg.loss_agg, int(n_seqs), int(n_tokens), cfg.max_new_tokens).to(device)
+                vllm_logp = torch.tensor([lp for i in idx for lp in seqs[i]["vllm_logp"]], device=device)  # [N]
+                t = time.perf_counter()
+                with autocast:
+                    ref_hidden = None
+                    if ref is not None:
+                        with torch.no_grad():
+                            ref_hidden = ref(ids, attention_mask, loss_mask, cfg.temperature, cfg.logprob_chunk,
+                                             hidden_only=True)  # [N, H]
+                    stats = policy(ids, attention_mask, loss_mask, cfg.temperature, cfg.logprob_chunk,
+                                   ref_hidden=ref_hidden, ref_head=ref_head, ref_phi=tok_phi)
+                old = stats["logp"].detach() if old_logp is None else torch.cat([old_logp[i] for i in idx])  # [N]
+                loss, m_sums = grpo_loss(stats["logp"], old, tok_adv, weights, cfg, entropy=stats["entropy"],
+                                         ref_logp=stats.get("ref_logp"), kl_exact=stats.get("kl_exact"))
+                sums["fwd_s"] += time.perf_counter() - t
+                t = time.perf_counter()
+                (loss * world).backward()  # FSDP averages gradients over ranks; the weights already count all ranks
+                sums["bwd_s"] += time.perf_counter() - t
+                for k, v in m_sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if old_logp is None:  # the trainer's logprobs at the rollout weights: compare with vLLM's
+                    gap = (old - vllm_logp).abs()  # [N]
+                    sums["gap_sum"] += gap.sum().item()
+                    sums["n_tokens"] += len(gap)
+                    maxes["gap_max"] = max(maxes["gap_max"], gap.max().item())
+            t = time.perf_counter()
+            grad_norms.append(full_tensor(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)).item())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sums["bwd_s"] += time.perf_counter() - t
+        if old_logp is not None:
+            sums.update(old_logp_gap(old_logp, seqs, maxes))
+        timings["logprobs"], timings["backward_step"] = sums.pop("fwd_s"), sums.pop("bwd_s")
+
+        # 6. Push the new weights into the engine: the next rollouts come from the updated policy.
+        t = time.perf_counter()
+        engine.wake_up(["weights"]) if cfg.sleep_level else None
+        engine.sync_weights(hf_state(policy))
+        engine.wake_up(["kv_cache"]) if cfg.sleep_level else None
+        timings["sync"] = time.perf_counter() - t
+
+        # 7. Log: metrics over all ranks, a few sample rollouts, and (at intervals) solvability of the eval set.
+        lengths = [len(s.completion_ids) for _, s in flat]
+        sums.update({"reward_sum": rewards.sum().item(), "n_samples": rewards.numel(), "n_groups": per_rank,
+                     "zero_std_groups": (rewards.std(1) == 0).sum().item(), "len_sum": sum(lengths),
+                     "truncated": sum(s.finish_reason == "length" for _, s in flat),
+                     "reward_failures": pool.failures - failures_before})
+        for kind in kinds:
+            kind_rewards = [rewards[j].mean().item() for j, p in enumerate(batch) if p.kind == kind]
+            sums[f"r_{kind}"], sums[f"n_{kind}"] = sum(kind_rewards), len(kind_rewards)
+            sums[f"solved_{kind}"] = sum(r > 0 for r in kind_rewards)
+        maxes["len_max"] = max(lengths)
+        sums, maxes = reduce_sums(sums, device), reduce_sums(maxes, device, dist.ReduceOp.MAX)
+        metrics = step_metrics(step, sums, maxes, grad_norms, kinds, timings, time.perf_counter() - t0)
+        if eval_prompts and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            metrics.update(solvability(engine, pool, reward_fn, eval_prompts, cfg, step, rank, world, device))
+        history.append(metrics)
+        if rank == 0:
+            log_file.write(json.dumps(metrics) + "\n")
+            log_file.flush()
+            show_samples(flat, rewards.flatten().tolist(), cfg.log_samples, step, sample_file)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", gap=f"{metrics['logprob_gap_max']:.1e}")
+
+    if rank == 0:
+        policy.lm.save_pretrained(out_dir / "final")
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(cfg.model).save_pretrained(out_dir / "final")
+    pool.close()
+    return history
+
+
+@torch.no_grad()
+def precompute_old_logp(policy, seqs, cfg, device, autocast) -> list[torch.Tensor]:
+    """pi_old(y_t): the trainer's logprobs at the rollout weights, before any update (needed with minibatches > 1)."""
+    out = []
+    for m in range(0, len(seqs), cfg.micro_batch_size):
+        chunk = seqs[m:m + cfg.micro_batch_size]
+        ids = pad([s["ids"] for s in chunk], 0).to(device)
+        positions = torch.arange(ids.shape[1], device=device)[None]
+        attention_mask = positions < torch.tensor([len(s["ids"]) for s in chunk], device=device)[:, None]
+        loss_mask = (positions >= torch.tensor([s["n_prompt"] for s in chunk], device=device)[:, None]) & attention_mask
+        with autocast:
+            logp = policy(ids, attention_mask, loss_mask, cfg.temperature, cfg.logprob_chunk)["logp"]
+        out.extend(logp.split([len(s["ids"]) - s["n_prompt"] for s in chunk]))
+    return out
+
+
+def old_logp_gap(old_logp, seqs, maxes) -> dict:
+    gaps = torch.cat([(o - torch.tensor(s["vllm_logp"], device=o.device)).abs() for o, s in zip(old_logp, seqs)])
+    maxes["gap_max"] = gaps.max().item()
+    return {"gap_sum": gaps.sum().item(), "n_tokens": len(gaps)}
+
+
+def step_metrics(step, sums, maxes, grad_norms, kinds, timings, seconds) -> dict:
+    n_tok = max(sums["n_tokens"], 1)
+    metrics = {
+        "step": step,
+        "reward": sums["reward_sum"] / sums["n_samples"],
+        "zero_std_frac": sums["zero_std_groups"] / sums["n_groups"],
+        "len_mean": sums["len_sum"] / sums["n_samples"], "len_max": maxes["len_max"],
+        "truncated_frac": sums["truncated"] / sums["n_samples"],
+        "clip_frac_pos_adv": sums["clip_pos"] / max(sums["n_pos"], 1),
+        "clip_frac_neg_adv": sums["clip_neg"] / max(sums["n_neg"], 1),
+        "entropy": sums["entropy"] / n_tok,
+        "grad_norm": float(np.mean(grad_norms)),
+        "logprob_gap_mean": sums["gap_sum"] / n_tok, "logprob_gap_max": maxes["gap_max"],
+        "reward_failures": sums["reward_failures"],
+        **({"kl": sums["kl"] / n_tok} if "kl" in sums else {}),
+        **{f"time_{k}": v for k, v in timings.items()}, "time_step": seconds,
+    }
+    for kind in kinds:  # per prompt kind (POPE: guided / unguided), never pooled
+        if sums[f"n_{kind}"]:
+            metrics[f"reward_{kind}"] = sums[f"r_{kind}"] / sums[f"n_{kind}"]
+            metrics[f"solve_rate_{kind}"] = sums[f"solved_{kind}"] / sums[f"n_{kind}"]
+    return metrics
+
+
+def solvability(engine, pool, reward_fn, prompts, cfg, step, rank, world, device) -> dict:
+    """Fraction of eval prompts with at least one correct answer in k samples (POPE's solvability), and pass@1."""
+    mine = prompts[rank::world]
+    seeds = [request_seed(cfg.seed, -1 - step, rank + world * j) for j in range(len(mine))]
+    groups = engine.generate([p.prompt_ids for p in mine], n=cfg.eval_k, temperature=cfg.temperature,
+                             max_tokens=cfg.max_new_tokens, seeds=seeds)
+    scores = pool.map(reward_fn, [(s.text, p) for p, group in zip(mine, groups) for s in group])
+    per_prompt = np.array(scores).reshape(len(mine), cfg.eval_k) if mine else np.zeros((0, cfg.eval_k))
+    sums = reduce_sums({"solved": float((per_prompt.max(1) > 0).sum()), "correct": float(per_prompt.sum()),
+                        "n": float(len(mine))}, device)
+    return {f"eval_solvable_at_{cfg.eval_k}": sums["solved"] / sums["n"],
+            "eval_pass_at_1": sums["correct"] / (sums["n"] * cfg.eval_k)}
+
+
+def show_samples(flat, rewards, n, step, sample_file) -> None:
+    """Print the first `n` rollouts of the step (the end of the prompt, the completion, its reward)."""
+    for (prompt, sample), r in list(zip(flat, rewards))[:n]:
+        tqdm.write(f"--- step {step} | {prompt.kind} | reward {r:.2f} | {sample.finish_reason} "
+                   f"| {len(sample.completion_ids)} tokens\n{prompt.problem.problem[-200:]}\n>>> {sample.text[-500:]}")
+        sample_file.write(json.dumps({"step": step, "kind": prompt.kind, "id": prompt.problem.id, "reward": r,
+                                      "completion": sample.text}) + "\n")
+    sample_file.flush()
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(Config, argv)
+    try:
+        check_model_path(cfg.model)
+        if not cfg.data:
+            raise ConfigError("--data is required: a JSONL file with 'problem' and 'answer' fields")
+        problems = data.load_jsonl(cfg.data)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems]
+        train(cfg, prompts)
+    except (ConfigError, data.DataError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny Qwen3 built offline, and one in-process vLLM engine serving it for the whole session."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    import toy
+
+    return toy.make_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model):
+    """One engine for all tests (starting one costs seconds); `grpo.train` re-syncs it to its --model first."""
+    pytest.importorskip("vllm")
+    from rollout import Engine
+
+    return Engine(tiny_model, dtype="float32", max_model_len=512, seed=0)
