@@ -76,14 +76,95 @@ def load_jsonl(path: str | Path, problem_key: str = "problem", answer_key: str =
 
 def problem_from_row(row: dict, where: str, problem_key: str = "problem", answer_key: str = "answer",
                      solution_key: str = "solution", id_key: str = "id", default_id: str = "") -> Problem:
-    """Turn one row into a `Problem`, or raise `DataError` naming `where` and the missing or empty field."""
+    """Turn one row into a `Problem`, or raise `DataError` naming `where` and the missing or empty column.
+    Keys may be dotted paths into nested fields (see `get_field`)."""
     for key in (problem_key, answer_key):
-        value = row.get(key)
+        value = get_field(row, key)
         if value is None or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{where}: field '{key}' is missing or empty (row keys: {sorted(row)})")
-    solution = row.get(solution_key)
-    return Problem(id=str(row.get(id_key, default_id)), problem=str(row[problem_key]), answer=str(row[answer_key]),
-                   solution=str(solution) if solution else None)
+    solution = get_field(row, solution_key)
+    return Problem(id=str(get_field(row, id_key) or default_id), problem=str(get_field(row, problem_key)),
+                   answer=str(get_field(row, answer_key)), solution=str(solution) if solution else None)
+
+
+# Datasets by name: where they live on the Hugging Face Hub and which columns hold problem / answer / solution.
+# Columns and splits are from the dataset cards and the POPE/RAPO authors' loaders (spec/algorithms.md §2.3, §2.9,
+# §3.7); a dotted column ("prompt.0.content") walks into nested fields. `keep` filters rows (Omni-MATH levels 5-8,
+# the POPE blog's hard pool).
+DATASETS = {
+    "omni-math": dict(path="KbsdJames/Omni-MATH", split="test", solution="solution",
+                      keep=lambda row: 5 <= float(row.get("difficulty") or 0) <= 8),
+    "dapo-math-17k": dict(path="BytedTsinghua-SIA/DAPO-Math-17k", split="train", problem="prompt.0.content",
+                          answer="reward_model.ground_truth"),
+    "acereason-math": dict(path="nvidia/AceReason-Math", split="train"),
+    # the POPE authors' hard set, with verified Gemini solutions as oracles (violetxi/ExpRL loaders)
+    "pope-hard": dict(path="CohenQu/POPE-hard-dataset-Qwen3-4B-Instruct-32k-128-filtered-iter3-gemini-success",
+                      split="test", solution="gemini_solution"),
+    "aime-2024": dict(path="HuggingFaceH4/aime_2024", split="train", solution="solution"),
+    "aime-2025": dict(path="MathArena/aime_2025", split="train"),
+    "hmmt-feb-2025": dict(path="MathArena/hmmt_feb_2025", split="train"),
+    "simplerl-zoo": dict(path="hkust-nlp/SimpleRL-Zoo-Data", split="train", problem="question", answer="gt_answer",
+                         data_files="simplelr_qwen_level3to5/train.parquet"),
+}
+
+
+def get_field(row: dict, dotted: str):
+    """row["a"]["0"]["b"] for "a.0.b" (integers index lists); None when any step is missing."""
+    value = row
+    for key in dotted.split("."):
+        if isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        elif isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
+            return None
+    return value
+
+
+def load_problems(source: str, split: str | None = None, problem: str = "problem", answer: str = "answer",
+                  solution: str = "solution", id: str = "id", limit: int | None = None,
+                  strict: bool | None = None) -> list[Problem]:
+    """Problems from a dataset name in `DATASETS`, a local .jsonl / .parquet file, or any Hub id.
+
+    Column names map the source onto `Problem` (a name in `DATASETS` brings its own). A row without problem or
+    answer raises `DataError` naming the file/row and field when `strict` (the default for local files); otherwise
+    (the default for Hub datasets) such rows are skipped and reported by count with an example id, never silently.
+    """
+    spec = dict(DATASETS.get(source, {}))
+    if source.endswith(".jsonl"):
+        problems = load_jsonl(source, problem, answer, solution, id)
+        return problems[:limit]
+    import datasets  # imported here: loading a local JSONL file needs no pyarrow
+
+    keep = spec.pop("keep", None)
+    problem, answer, solution = spec.pop("problem", problem), spec.pop("answer", answer), spec.pop("solution", solution)
+    if source.endswith(".parquet"):
+        if not Path(source).is_file():
+            raise DataError(f"{source}: no such data file")
+        rows = datasets.load_dataset("parquet", data_files=source, split="train")
+        strict = True if strict is None else strict
+    else:
+        path = spec.pop("path", source)
+        rows = datasets.load_dataset(path, split=split or spec.pop("split", "train"), **spec)
+        strict = False if strict is None else strict
+    problems, bad = [], []
+    for i, row in enumerate(rows):
+        if keep is not None and not keep(row):
+            continue
+        try:
+            problems.append(problem_from_row(row, f"{source} row {i}", problem, answer, solution, id,
+                                             default_id=f"{source}:{i}"))
+        except DataError as e:
+            if strict:
+                raise
+            bad.append(str(e))
+        if limit and len(problems) >= limit:
+            break
+    if bad:
+        print(f"warning: {source}: skipped {len(bad)} rows without a usable problem/answer, e.g. {bad[0]}")
+    if not problems:
+        raise DataError(f"{source}: no usable rows (columns used: problem={problem!r}, answer={answer!r})")
+    return problems
 
 
 def render(tokenizer, user_text: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:
