@@ -64,7 +64,8 @@ class Config:
     # what to train on (system_prompt first: the `data` field below shadows the module inside this class body)
     system_prompt: str = opt(data.DEFAULT_SYSTEM_PROMPT, "system turn of every prompt ('' for none)")
     model: str = opt("", "HF model id or local folder (policy, reference, and the vLLM engine's starting weights)")
-    data: str = opt("", "JSONL file of problems: one {'problem': ..., 'answer': ...} per line")
+    data: str = opt("", "problems: a .jsonl/.parquet file with 'problem' and 'answer' columns, or a dataset name "
+                    "from data.DATASETS (e.g. omni-math, dapo-math-17k, pope-hard)")
     out_dir: str = opt("runs/grpo", "where metrics.jsonl, samples.jsonl and the final HF checkpoint go")
     # rollouts
     steps: int = opt(100, "optimizer steps (x --minibatches) to run")
@@ -623,18 +624,24 @@ def show_samples(flat, rewards, n, step, sample_file) -> None:
     sample_file.flush()
 
 
-def main(argv=None) -> None:
-    cfg = parse_config(Config, argv)
-    try:
-        check_model_path(cfg.model)
-        if not cfg.data:
-            raise ConfigError("--data is required: a JSONL file with 'problem' and 'answer' fields")
-        problems = data.load_jsonl(cfg.data)
-        from transformers import AutoTokenizer
+def run(cfg: Config) -> list[dict]:
+    """The command-line job: check --model, load --data, render prompts, train with the math reward."""
+    check_model_path(cfg.model)
+    if not cfg.data:
+        raise ConfigError("--data is required: a JSONL/parquet file with 'problem' and 'answer', or a name in "
+                          f"data.DATASETS ({', '.join(data.DATASETS)})")
+    problems = data.load_problems(cfg.data)
+    from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems]
-        train(cfg, prompts)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    return train(cfg, [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems])
+
+
+def main(argv=None, cls=Config, **defaults) -> None:
+    """Parse flags into `cls` (with `defaults` overriding its field defaults) and run; bad input exits in one line."""
+    cfg = parse_config(cls, argv, **defaults)
+    try:
+        run(cfg)
     except (ConfigError, data.DataError) as e:
         sys.exit(f"error: {e}")
 

@@ -70,17 +70,18 @@ class Engine:
         self.max_model_len = max_model_len
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, max_tokens: int,
-                 seeds: list[int] | None = None) -> list[list[Sample]]:
+                 seeds: list[int] | None = None, top_p: float = 1.0, top_k: int = 0) -> list[list[Sample]]:
         """Sample `n` completions for each token-id prompt. Returns one list of `n` Samples per prompt, in order.
 
         `seeds[i]` seeds prompt i's request (its n samples use seeds[i] + 0 .. n-1 inside vLLM), which makes a
-        rollout reproducible; keep seeds of different requests more than `n` apart.
+        rollout reproducible; keep seeds of different requests more than `n` apart. Keep `top_p=1, top_k=0` (off)
+        for training rollouts; evaluation may truncate (the POPE authors evaluate with top_p 0.95, top_k 50).
         """
         for i, ids in enumerate(prompts):
             if len(ids) + max_tokens > self.max_model_len:
                 raise ValueError(f"prompt {i} has {len(ids)} tokens; with max_tokens={max_tokens} it exceeds "
                                  f"max_model_len={self.max_model_len}. Raise --max-model-len or shorten the prompt.")
-        params = [SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_tokens,
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                  logprobs=0,  # 0 = the sampled token's own logprob only
                                  seed=None if seeds is None else seeds[i], skip_special_tokens=True)
                   for i in range(len(prompts))]
