@@ -115,6 +115,8 @@ class Config:
     log_samples: int = opt(2, "rollouts printed per step")
     eval_every: int = opt(0, "every this many steps, measure solvability of the eval prompts (0 = never)")
     eval_k: int = opt(8, "samples per eval prompt: solvable = at least one of k correct (POPE: pass@8)")
+    save_every: int = opt(0, "write a checkpoint every this many steps (0 = only after the last step)")
+    resume: bool = opt(False, "continue from the latest checkpoint in --out-dir (same config, same world size)")
 
 
 def parse_config(cls, argv=None, **defaults):
@@ -317,7 +319,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if not dist.is_initialized():  # a caller may have started it already (e.g. to build its own engine first)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
 
@@ -401,6 +404,91 @@ def math_prompt_reward(text: str, prompt: data.Prompt) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Checkpoints (exact resume) and memory
+
+
+def save_checkpoint(out_dir: Path, step: int, policy: Scorer, optimizer, tokenizer, rank: int) -> Path:
+    """Write checkpoints/step-N/ and then, last and atomically, the `latest` pointer to it.
+
+    step-N/hf     the model in Hugging Face format (loadable by `vllm serve` and `from_pretrained`), from rank 0
+    step-N/train  model + optimizer state in torch.distributed.checkpoint format (sharded: each rank writes its own)
+    step-N/rng-rank{r}.pt, step-N/state.json
+    A process killed mid-write leaves a partial step-N/ that `latest` does not name: the previous checkpoint stays
+    the one `--resume` uses. Older checkpoints are deleted only after the pointer moved.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    root = out_dir / "checkpoints"
+    path = root / f"step-{step:06d}"
+    model_sd, optim_sd = get_state_dict(policy, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "train"))
+    full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               path / f"rng-rank{rank}.pt")
+    if rank == 0:
+        policy.lm.save_pretrained(path / "hf", state_dict={k.removeprefix("lm."): v for k, v in full.items()})
+        tokenizer.save_pretrained(path / "hf")
+        (path / "state.json").write_text(json.dumps({"step": step}))
+    if dist.is_initialized():
+        dist.barrier()  # every rank's shard is on disk before the pointer moves
+    if rank == 0:
+        tmp = root / "latest.tmp"
+        tmp.write_text(path.name)
+        os.replace(tmp, root / "latest")  # atomic on POSIX: readers see the old or the new name, never half
+        for old in root.glob("step-*"):
+            if old != path:
+                import shutil
+
+                shutil.rmtree(old)
+    return path
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint folder `latest` names, or None when there is none."""
+    pointer = Path(out_dir) / "checkpoints" / "latest"
+    return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def load_checkpoint(path: Path, policy: Scorer, optimizer, rank: int) -> int:
+    """Restore model, optimizer and RNG state saved by `save_checkpoint`; returns the number of steps done."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(policy, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path / "train"))
+    set_state_dict(policy, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng = torch.load(path / f"rng-rank{rank}.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    if rng["cuda"] is not None:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "state.json").read_text())["step"] + 1
+
+
+def memory(device) -> dict[str, float]:
+    """GiB in use now: this process's resident CPU memory, and allocated / reserved GPU memory."""
+    rss_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    mem = {"cpu_rss_gb": rss_pages * os.sysconf("SC_PAGE_SIZE") / 2**30}
+    if device.type == "cuda":
+        mem.update(gpu_alloc_gb=torch.cuda.memory_allocated(device) / 2**30,
+                   gpu_reserved_gb=torch.cuda.memory_reserved(device) / 2**30)
+    return mem
+
+
+def print_memory_table(rows: dict[str, dict[str, float]], rank: int) -> None:
+    """One line per phase, one column per kind of memory (rank 0's view)."""
+    if rank:
+        return
+    cols = list(next(iter(rows.values())))
+    tqdm.write(f"{'memory (GiB)':<26}" + "".join(f"{c:>17}" for c in cols))
+    for phase, mem in rows.items():
+        tqdm.write(f"{phase:<26}" + "".join(f"{mem[c]:>17.2f}" for c in cols))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -422,18 +510,34 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
                     seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                     kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
                     distributed=world > 1)
+    mem_rows = {"vllm engine": memory(device)}
     policy = load_scorer(cfg, device, world, trainable=True)
     ref = load_scorer(cfg, device, world, trainable=False) if cfg.kl_coef > 0 else None
     ref_head = full_tensor(ref.lm.lm_head.weight).detach() if ref else None  # [V, H], needed whole by every chunk
-    engine.sync_weights(hf_state(policy))  # a no-op for a fresh engine; resets a reused one to --model
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    start_step = 0
+    if cfg.resume:
+        checkpoint_path = latest_checkpoint(out_dir)
+        if checkpoint_path is None:
+            raise ConfigError(f"--resume: no checkpoint in {out_dir / 'checkpoints'} (run without --resume first)")
+        start_step = load_checkpoint(checkpoint_path, policy, optimizer, rank)
+        if rank == 0:  # the killed run may have logged steps after its last checkpoint: those are redone
+            lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+            (out_dir / "metrics.jsonl").write_text("".join(
+                line + "\n" for line in lines if json.loads(line)["step"] < start_step))
+    engine.sync_weights(hf_state(policy))  # the engine serves exactly the trainer's weights from the first step on
+    mem_rows["+ policy, ref, optimizer"] = memory(device)
+    print_memory_table(mem_rows, rank)
     pool = reward.RewardPool(cfg.reward_workers, cfg.reward_timeout)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_available() and world == 1
                               and compute_dtype(cfg) == torch.bfloat16)
     history = []
     log_file = open(out_dir / "metrics.jsonl", "a") if rank == 0 else None
     sample_file = open(out_dir / "samples.jsonl", "a") if rank == 0 else None
-    bar = tqdm(range(cfg.steps), disable=rank != 0, desc="grpo")
+    bar = tqdm(range(start_step, cfg.steps), disable=rank != 0, desc="grpo", initial=start_step, total=cfg.steps)
     for step in bar:
         timings, t0 = {}, time.perf_counter()
 
@@ -445,6 +549,7 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
         seeds = [request_seed(cfg.seed, step, rank * per_rank + j) for j in range(per_rank)]
         groups = engine.generate([p.prompt_ids for p in batch], n=cfg.group_size, temperature=cfg.temperature,
                                  max_tokens=cfg.max_new_tokens, seeds=seeds)
+        mem_rows = {"after rollout": memory(device)}
         engine.sleep(cfg.sleep_level)
         timings["rollout"] = time.perf_counter() - t0
 
@@ -512,6 +617,7 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sums["bwd_s"] += time.perf_counter() - t
+        mem_rows["after optimizer step"] = memory(device)
         if old_logp is not None:
             sums.update(old_logp_gap(old_logp, seqs, maxes))
         timings["logprobs"], timings["backward_step"] = sums.pop("fwd_s"), sums.pop("bwd_s")
@@ -522,6 +628,9 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
         engine.sync_weights(hf_state(policy))
         engine.wake_up(["kv_cache"]) if cfg.sleep_level else None
         timings["sync"] = time.perf_counter() - t
+        mem_rows["after weight sync"] = memory(device)
+        if step == start_step:
+            print_memory_table(mem_rows, rank)
 
         # 7. Log: metrics over all ranks, a few sample rollouts, and (at intervals) solvability of the eval set.
         lengths = [len(s.completion_ids) for _, s in flat]
@@ -538,18 +647,18 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
         metrics = step_metrics(step, sums, maxes, grad_norms, kinds, timings, time.perf_counter() - t0)
         if eval_prompts and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             metrics.update(solvability(engine, pool, reward_fn, eval_prompts, cfg, step, rank, world, device))
+        metrics.update({f"mem_{k}": max(m[k] for m in mem_rows.values()) for k in mem_rows["after rollout"]})
         history.append(metrics)
         if rank == 0:
             log_file.write(json.dumps(metrics) + "\n")
             log_file.flush()
             show_samples(flat, rewards.flatten().tolist(), cfg.log_samples, step, sample_file)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", gap=f"{metrics['logprob_gap_max']:.1e}")
+        # 8. Checkpoint after the step's log line, so every checkpointed step has its metrics on disk.
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step == cfg.steps - 1:
+            path = save_checkpoint(out_dir, step, policy, optimizer, tokenizer, rank)
+            tqdm.write(f"checkpoint: {path} (HF model in {path / 'hf'})") if rank == 0 else None
 
-    if rank == 0:
-        policy.lm.save_pretrained(out_dir / "final")
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(cfg.model).save_pretrained(out_dir / "final")
     pool.close()
     return history
 
@@ -644,6 +753,14 @@ def main(argv=None, cls=Config, **defaults) -> None:
         run(cfg)
     except (ConfigError, data.DataError) as e:
         sys.exit(f"error: {e}")
+    if dist.is_initialized():
+        dist.barrier()
+        # vLLM's external launcher has used the default group too; destroying it can raise ValueError("Invalid
+        # process group specified") (spec/cpu-stack.md §8). The run is complete at this point, so exit cleanly.
+        try:
+            dist.destroy_process_group()
+        except ValueError:
+            pass
 
 
 if __name__ == "__main__":

@@ -38,11 +38,16 @@ def char_fraction(char: str):
     return lambda text, prompt: text.count(char) / max(len(text), 1)
 
 
+def char_fraction_z(text: str, prompt) -> float:
+    """Fraction of characters that are 'Z' (a module-level reward, so worker processes can import it)."""
+    return text.count("Z") / max(len(text), 1)
+
+
 def test_engine_serves_the_new_policy_after_sync(tiny_model, engine, tmp_path):
     prompts = tiny_prompts(tiny_model)
     cfg = tiny_config(tiny_model, tmp_path, steps=1)
     grpo.train(cfg, prompts, char_fraction("7"), engine=engine)  # one step, then train() syncs the engine
-    new_weights = str(tmp_path / "final")
+    new_weights = str(grpo.latest_checkpoint(tmp_path) / "hf")
 
     # After the sync: the engine's own logprobs of what it samples equal the trainer's with the new weights.
     after = [s for g in engine.generate([p.prompt_ids for p in prompts], 4, 1.0, 8, seeds=[1, 9, 17, 25, 33, 41, 49, 57]) for s in g]

@@ -1,0 +1,412 @@
+"""The GRPO loss piece by piece, against values worked out by hand or by a naive reference written here.
+
+What is checked, and against what:
+- `group_advantages`: hand values, with and without the (population) std division.
+- `token_weights` + `grpo_loss`: the four aggregation modes on three sequences of known per-token losses, as whole
+  batches and split into micro-batches (the micro-batch losses must add up to the whole-batch loss).
+- The clipped surrogate: hand-made ratios around 1 - eps_low and 1 + eps_high (eps_low != eps_high) for positive and
+  negative advantages: each token's loss, which tokens get zero gradient, and the clip_pos / clip_neg counts.
+- `kl_term`: each estimator against its formula on three tokens, the log-ratio clamp, k3 and forward-sampled >= 0
+  on random inputs and 0 where the policies agree.
+- `token_stats`: entropy and log-probabilities by hand on 3-token vocabularies (temperature included); the exact
+  forward KL against a naive softmax reference (RAPO's reweighting included); its gradient against the closed form;
+  chunked against unchunked and naive (values and gradients, 1e-5).
+- The real vLLM engine sampling at T=0.6 returns the log-probabilities the trainer computes at T=0.6.
+- `python grpo.py --help` documents every Config field, and names the paper behind each loss option.
+"""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import data
+import grpo
+
+ROOT = Path(__file__).resolve().parents[1]
+LN2, LN3, LN6 = math.log(2), math.log(3), math.log(6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Advantages
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [2.0, 4.0, 4.0, 2.0]])
+    # Group 1: mean 1/4, so A = r - 1/4. Group 2: mean 3, so A = r - 3.
+    expected = torch.tensor([[0.75, -0.25, -0.25, -0.25], [-1.0, 1.0, 1.0, -1.0]])
+    torch.testing.assert_close(grpo.group_advantages(rewards, std_norm=False, eps=1e-6), expected)
+    # Population std: group 1 sqrt(3/16) = sqrt(3)/4, so 0.75 -> sqrt(3) and -0.25 -> -1/sqrt(3); group 2: std 1.
+    # (The sample std, /(G-1), would give 1/2 and 2/sqrt(3) instead.)
+    s3 = math.sqrt(3)
+    expected_std = torch.tensor([[s3, -1 / s3, -1 / s3, -1 / s3], [-1.0, 1.0, 1.0, -1.0]])
+    torch.testing.assert_close(grpo.group_advantages(rewards, std_norm=True, eps=1e-6), expected_std)
+    # eps is added to the std: (r - mean) / (1 + 0.1) for group 2.
+    torch.testing.assert_close(grpo.group_advantages(rewards, std_norm=True, eps=0.1)[1], expected[1] / 1.1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Aggregation modes (token_weights + grpo_loss), including micro-batches
+
+# Three sequences with completion lengths 1, 3, 2 and per-token losses L = [2 | 1, 3, 5 | 4, 6]
+# (sums 2, 9, 10; 21 in all over 6 tokens), with max_new_tokens = 4. By hand:
+SEQ_LENS = [1, 3, 2]
+TOKEN_LOSSES = [2.0, 1.0, 3.0, 5.0, 4.0, 6.0]
+MAX_LEN = 4
+EXPECTED_LOSS = {
+    "token-mean": 21 / 6,  # DAPO: all tokens of the step weigh the same
+    "seq-mean-token-mean": (2 / 1 + 9 / 3 + 10 / 2) / 3,  # GRPO: mean over sequences of each one's token mean
+    "seq-mean-token-sum-norm": 21 / (3 * 4),  # Dr.GRPO: sum / (sequences x max_new_tokens)
+    "sum": 21 / 3,  # POPE authors (PipelineRL): sum / sequences per step
+}
+
+
+def on_policy_loss(token_losses, seq_lens, mode, n_seqs, n_tokens, cfg=None):
+    """grpo_loss on-policy (ratio exactly 1), so each token's loss is -A_t: choose A_t = -L_t."""
+    losses = torch.tensor(token_losses, dtype=torch.float64)
+    logp = torch.zeros(len(losses), dtype=torch.float64, requires_grad=True)
+    weights = grpo.token_weights(torch.tensor(seq_lens), mode, n_seqs, n_tokens, MAX_LEN).double()
+    loss, _ = grpo.grpo_loss(logp, logp.detach(), -losses, weights, cfg or grpo.Config())
+    return loss
+
+
+@pytest.mark.parametrize("mode", list(EXPECTED_LOSS))
+def test_aggregation_modes_match_their_formulas(mode):
+    loss = on_policy_loss(TOKEN_LOSSES, SEQ_LENS, mode, n_seqs=3, n_tokens=6)
+    assert loss.item() == pytest.approx(EXPECTED_LOSS[mode], rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", list(EXPECTED_LOSS))
+@pytest.mark.parametrize("split", [[1, 2], [2, 1], [1, 1, 1]])  # sequences per micro-batch
+def test_micro_batch_losses_add_up_to_the_step_loss(mode, split):
+    """Each micro-batch weighs its tokens with the counts of the WHOLE step (3 sequences, 6 tokens)."""
+    total, first_seq = 0.0, 0
+    for n in split:
+        lens = SEQ_LENS[first_seq:first_seq + n]
+        first_tok = sum(SEQ_LENS[:first_seq])
+        losses = TOKEN_LOSSES[first_tok:first_tok + sum(lens)]
+        total += on_policy_loss(losses, lens, mode, n_seqs=3, n_tokens=6).item()
+        first_seq += n
+    assert total == pytest.approx(EXPECTED_LOSS[mode], rel=1e-6)
+
+
+def test_token_weights_by_hand():
+    lens = torch.tensor([1, 3])
+    w = {mode: grpo.token_weights(lens, mode, n_seqs=4, n_tokens=10, max_len=8).tolist()
+         for mode in EXPECTED_LOSS}
+    assert w["token-mean"] == pytest.approx([1 / 10] * 4)
+    assert w["seq-mean-token-mean"] == pytest.approx([1 / 4, 1 / 12, 1 / 12, 1 / 12])
+    assert w["seq-mean-token-sum-norm"] == pytest.approx([1 / 32] * 4)
+    assert w["sum"] == pytest.approx([1 / 4] * 4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The clipped surrogate
+
+# eps_low = 0.2, eps_high = 0.28: the ratio is clipped to [0.8, 1.28].
+#            A = +1: ratio 0.7 (below the range, but A > 0: NOT clipped, the pessimistic min keeps 0.7), 1.0, 1.27
+#                    (inside: it would be clipped with a symmetric eps_high = 0.2), 1.3 and 1.5 (clipped at 1.28);
+#            A = -2: ratio 0.7 and 0.79 (clipped at 0.8: -2 * 0.8 = -1.6 is the min), 0.85 (inside), 1.3 (above the
+#                    range, but A < 0: NOT clipped, min(-2.6, -2.56) = -2.6);
+#            A =  0: ratio 1.5 (no loss, counted in neither sign).
+CLIP_RATIOS = [0.7, 1.0, 1.27, 1.3, 1.5, 0.7, 0.79, 0.85, 1.3, 1.5]
+CLIP_ADV = [1.0, 1.0, 1.0, 1.0, 1.0, -2.0, -2.0, -2.0, -2.0, 0.0]
+CLIP_LOSS = [-0.7, -1.0, -1.27, -1.28, -1.28, 1.6, 1.6, 1.7, 2.6, 0.0]  # -min(rho A, clip(rho) A)
+CLIP_GRAD = [-0.7, -1.0, -1.27, 0.0, 0.0, 0.0, 0.0, 1.7, 2.6, 0.0]  # d L / d log pi = -A rho, or 0 where clipped
+
+
+def clip_case(eps_high=0.28, weights=None):
+    logp = torch.tensor(CLIP_RATIOS, dtype=torch.float64).log().requires_grad_()
+    old = torch.zeros_like(logp)
+    adv = torch.tensor(CLIP_ADV, dtype=torch.float64)
+    weights = torch.ones_like(old) if weights is None else weights
+    loss, metrics = grpo.grpo_loss(logp, old, adv, weights, grpo.Config(eps_low=0.2, eps_high=eps_high))
+    return logp, loss, metrics
+
+
+def test_clip_token_losses_and_which_tokens_are_clipped():
+    for t, expected in enumerate(CLIP_LOSS):  # one token at a time: weight 1 on token t, 0 elsewhere
+        _, loss, _ = clip_case(weights=torch.eye(len(CLIP_LOSS), dtype=torch.float64)[t])
+        assert loss.item() == pytest.approx(expected, abs=1e-9), f"token {t}"
+    logp, loss, metrics = clip_case()
+    assert loss.item() == pytest.approx(sum(CLIP_LOSS), abs=1e-9)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor(CLIP_GRAD, dtype=torch.float64))
+    assert (logp.grad == 0).tolist() == [False, False, False, True, True, True, True, False, False, True]
+    assert metrics == {"clip_pos": 2, "n_pos": 5, "clip_neg": 2, "n_neg": 4}
+
+
+def test_clip_higher_is_what_leaves_ratio_1_27_unclipped():
+    logp, loss, metrics = clip_case(eps_high=0.2)  # symmetric: 1.27 is now above 1.2 and clipped
+    loss.backward()
+    assert metrics["clip_pos"] == 3 and metrics["clip_neg"] == 2
+    assert logp.grad[2] == 0
+    assert loss.item() == pytest.approx(sum(CLIP_LOSS) + (1.27 - 1.2) + 2 * (1.28 - 1.2), abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KL estimators
+
+# log pi = [-1, -2, -0.5], log ref = [-1.5, -1, -0.5]  ->  log u = log ref - log pi = [-0.5, 1, 0], u = ref / pi.
+KL_LOGP = torch.tensor([-1.0, -2.0, -0.5], dtype=torch.float64)
+KL_REF = torch.tensor([-1.5, -1.0, -0.5], dtype=torch.float64)
+E = math.e
+KL_EXPECTED = {
+    "reverse-k1": [0.5, -1.0, 0.0],  # -log u
+    "reverse-k2": [0.125, 0.5, 0.0],  # (log u)^2 / 2
+    "reverse-k3": [E**-0.5 - 1 + 0.5, E - 1 - 1, 0.0],  # u - 1 - log u = [0.106531, 0.718282, 0]
+    "forward-sampled": [-0.5 * E**-0.5 - E**-0.5 + 1, E - E + 1, 0.0],  # w log w - w + 1 = [0.090204, 1, 0]
+}
+
+
+@pytest.mark.parametrize("kind", list(KL_EXPECTED))
+def test_kl_estimators_by_hand(kind):
+    kl = grpo.kl_term(KL_LOGP, KL_REF, kind, clamp=10.0)
+    torch.testing.assert_close(kl, torch.tensor(KL_EXPECTED[kind], dtype=torch.float64))
+
+
+def test_kl_log_ratio_clamp():
+    """log u = -30 and +30 are clamped to -+10 in k3 and forward-sampled; k1 and k2 use the raw log-ratio."""
+    logp = torch.tensor([0.0, -30.0], dtype=torch.float64)
+    ref = torch.tensor([-30.0, 0.0], dtype=torch.float64)
+    k3 = grpo.kl_term(logp, ref, "reverse-k3", clamp=10.0)
+    torch.testing.assert_close(k3, torch.tensor([E**-10 - 1 + 10, E**10 - 1 - 10], dtype=torch.float64))
+    fwd = grpo.kl_term(logp, ref, "forward-sampled", clamp=10.0)
+    torch.testing.assert_close(fwd, torch.tensor([-10 * E**-10 - E**-10 + 1, 10 * E**10 - E**10 + 1],
+                                                 dtype=torch.float64))
+    assert grpo.kl_term(logp, ref, "reverse-k1", clamp=10.0).tolist() == [30.0, -30.0]
+    assert grpo.kl_term(logp, ref, "reverse-k2", clamp=10.0).tolist() == [450.0, 450.0]
+
+
+@pytest.mark.parametrize("kind", ["reverse-k3", "forward-sampled"])
+def test_nonnegative_kl_estimators_are_nonnegative_and_zero_when_policies_agree(kind):
+    """In float32, as the trainer computes them: random log-ratios from 1e-9 to 20 in size, and exact agreement."""
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(60_000, generator=g) * 20
+    scale = 10.0 ** torch.randint(-9, 2, (60_000,), generator=g).float()  # many near-equal pairs: rounding
+    ref = logp + scale * torch.randn(60_000, generator=g)
+    kl = grpo.kl_term(logp, ref, kind, clamp=10.0)
+    assert kl.min().item() >= 0, f"{(kl < 0).sum().item()} negative values, min {kl.min().item():.2e}"
+    assert grpo.kl_term(logp, logp.clone(), kind, clamp=10.0).abs().max().item() == 0
+
+
+def test_grpo_loss_adds_kl_and_entropy_per_token():
+    """L_t = -A_t + kl_coef KL_t - entropy_coef H_t on-policy; with kl_coef = 0 no reference is needed at all."""
+    adv = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    entropy = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    cfg = grpo.Config(kl="reverse-k1", kl_coef=0.1, entropy_coef=0.01)
+    loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, cfg, entropy=entropy, ref_logp=KL_REF)
+    # per token: -A + 0.1 * [0.5, -1, 0] - 0.01 * [2, 1, 0] = [-0.97, 0.89, -0.5]
+    assert loss.item() == pytest.approx(0.5 * -0.97 + 0.25 * 0.89 + 0.25 * -0.5)
+    assert metrics["kl"] == pytest.approx(-0.5) and metrics["entropy"] == pytest.approx(3.0)
+    loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, grpo.Config(kl_coef=0.0), ref_logp=None)
+    assert loss.item() == pytest.approx(-(0.5 - 0.25 + 0.125)) and "kl" not in metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# token_stats: entropy, temperature, exact forward KL, chunking
+
+
+def stats_from_logits(logits, targets, temperature, **ref):
+    """token_stats with head = identity, so that hidden = logits (H = V)."""
+    eye = torch.eye(logits.shape[1], dtype=logits.dtype)
+    return grpo.token_stats(logits, eye, torch.tensor(targets), temperature, chunk_size=1, ref_head=eye if ref else None,
+                            **ref)
+
+
+def test_entropy_and_logprobs_by_hand_with_temperature():
+    # Position 1: logits [0, ln 2, 0] -> p = [1/4, 1/2, 1/4], H = 2 (1/4) ln 4 + (1/2) ln 2 = 1.5 ln 2.
+    # Position 2: equal logits -> uniform, H = ln 3.
+    logits = torch.tensor([[0.0, LN2, 0.0], [1.0, 1.0, 1.0]])
+    s = stats_from_logits(logits, [1, 0], temperature=1.0)
+    torch.testing.assert_close(s["entropy"], torch.tensor([1.5 * LN2, LN3]))
+    torch.testing.assert_close(s["logp"], torch.tensor([-LN2, -LN3]))
+    # T = 0.5 divides the logits by T: [0, 2 ln 2, 0] -> p = [1/6, 2/3, 1/6], H = ln 6 / 3 + (2/3) ln(3/2).
+    s = stats_from_logits(logits, [0, 2], temperature=0.5)
+    torch.testing.assert_close(s["entropy"], torch.tensor([LN6 / 3 + 2 / 3 * math.log(1.5), LN3]))
+    torch.testing.assert_close(s["logp"], torch.tensor([-LN6, -LN3]))
+    # T = 2 on [0, 2 ln 2, 0] gives back [1/4, 1/2, 1/4].
+    s = stats_from_logits(2 * logits, [1, 1], temperature=2.0)
+    torch.testing.assert_close(s["entropy"], torch.tensor([1.5 * LN2, LN3]))
+    torch.testing.assert_close(s["logp"], torch.tensor([-LN2, -LN3]))
+
+
+def naive_stats(h, W, y, T, ref_h=None, ref_W=None, phi=None):
+    """The same statistics the long way, in float64: softmax, then logs; the reweighted reference as ref^phi / Z."""
+    p = torch.softmax(h.double() @ W.double().T / T, dim=-1)  # [N, V]
+    out = {"logp": p[torch.arange(len(y)), y].log(), "entropy": -(p * p.log()).sum(-1)}
+    if ref_h is not None:
+        ref = torch.softmax(ref_h.double() @ ref_W.double().T / T, dim=-1) ** phi.double()[:, None]  # [N, V]
+        ref = ref / ref.sum(-1, keepdim=True)
+        out["ref_logp"] = ref[torch.arange(len(y)), y].log()
+        out["kl_exact"] = (ref * (ref.log() - p.log())).sum(-1)
+    return out
+
+
+def random_case(n=10, hidden=8, vocab=13, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, hidden, generator=g).requires_grad_()
+    W = torch.randn(vocab, hidden, generator=g).requires_grad_()
+    ref_h, ref_W = torch.randn(n, hidden, generator=g), torch.randn(vocab, hidden, generator=g)  # no grad, as in train
+    y = torch.randint(vocab, (n,), generator=g)
+    phi = 0.3 + 0.7 * torch.rand(n, generator=g)
+    return h, W, y, ref_h, ref_W, phi
+
+
+def test_temperature_and_forward_kl_match_a_naive_reference():
+    h, W, y, ref_h, ref_W, phi = random_case()
+    for T in (1.0, 0.6, 1.7):
+        s = grpo.token_stats(h, W, y, T, chunk_size=4, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
+        naive = naive_stats(h, W, y, T, ref_h, ref_W, phi)
+        for name in ("logp", "entropy", "ref_logp", "kl_exact"):
+            torch.testing.assert_close(s[name].double(), naive[name], atol=1e-5, rtol=1e-5, msg=f"{name} at T={T}")
+        assert (s["kl_exact"] >= 0).all()
+
+
+def test_reference_reweighting_phi():
+    """phi = 1 (or no phi) is the plain reference; phi = 0 is the uniform distribution, log ref = -log V."""
+    h, W, y, ref_h, ref_W, _ = random_case()
+    T, n, V = 0.8, len(y), W.shape[0]
+    plain = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W)  # ref_phi=None
+    ones = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W, ref_phi=torch.ones(n))
+    ref_logp = torch.log_softmax(ref_h @ ref_W.T / T, -1)[torch.arange(n), y]
+    torch.testing.assert_close(plain["ref_logp"], ref_logp)
+    torch.testing.assert_close(ones["ref_logp"], ref_logp)
+    torch.testing.assert_close(ones["kl_exact"], plain["kl_exact"])
+    uniform = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W, ref_phi=torch.zeros(n))
+    torch.testing.assert_close(uniform["ref_logp"], torch.full((n,), -math.log(V)))
+    logp_all = torch.log_softmax(h @ W.T / T, -1)  # KL(uniform || pi) = -log V - mean_v log pi(v)
+    torch.testing.assert_close(uniform["kl_exact"], -math.log(V) - logp_all.mean(-1))
+
+
+def test_forward_kl_gradient_is_minus_expected_score_under_the_reference():
+    """The gradient of the exact forward KL, at each position s, against its closed form.
+
+    w.r.t. the policy logits z (head = identity, so hidden = z), at temperature T:
+        d/dz sum_v ref(v) (log ref(v) - log softmax(z / T)(v)) = (pi_theta - ref) / T.
+    w.r.t. the parameters (hidden state h and output head W, logits = h W^T):
+        grad KL(ref || pi_theta)(s) = -E_{v ~ ref}[grad log pi_theta(v | s)],
+    where each grad log pi_theta(v | s) is computed here by autograd on a plain log_softmax, one v at a time.
+    The reference is RAPO-reweighted (phi != 1) and fixed (no gradient flows into it).
+    """
+    T = 0.7
+    h, W, y, ref_h, ref_W, phi = random_case(n=3, hidden=5, vocab=7, seed=1)
+    s = grpo.token_stats(h, W, y, T, chunk_size=2, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
+    ref_probs = torch.softmax(torch.log_softmax(ref_h @ ref_W.T / T, -1) * phi[:, None], -1)  # [N, V]
+    for i in range(len(y)):
+        grad_h, grad_W = torch.autograd.grad(s["kl_exact"][i], (h, W), retain_graph=True)
+        expected_h, expected_W = torch.zeros_like(h), torch.zeros_like(W)
+        for v in range(W.shape[0]):
+            score_h, score_W = torch.autograd.grad(torch.log_softmax(h[i] @ W.T / T, -1)[v], (h, W))
+            expected_h -= ref_probs[i, v] * score_h
+            expected_W -= ref_probs[i, v] * score_W
+        torch.testing.assert_close(grad_h, expected_h, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad_W, expected_W, atol=1e-5, rtol=1e-5)
+
+    z = (h @ W.T).detach().requires_grad_()  # [N, V] policy logits
+    s = stats_from_logits(z, y.tolist(), T, ref_hidden=ref_h @ ref_W.T, ref_phi=phi)
+    (grad_z,) = torch.autograd.grad(s["kl_exact"].sum(), z)
+    torch.testing.assert_close(grad_z, (torch.softmax(z / T, -1) - ref_probs).detach() / T, atol=1e-6, rtol=1e-5)
+
+
+def test_chunked_and_unchunked_agree_in_values_and_gradients():
+    """chunk_size=3 (checkpointed chunks, a ragged last one) vs one chunk vs the naive float64 reference, at T=0.6.
+
+    The scalar combines logp, entropy and kl_exact with random per-position weights; gradients w.r.t. the hidden
+    states and the head. The reference inputs carry no gradient (as in training), and stay so.
+    """
+    h, W, y, ref_h, ref_W, phi = random_case(n=10)
+    mix = torch.randn(3, len(y), generator=torch.Generator().manual_seed(5))
+    results = []
+    for chunk in (3, 10, 64):
+        s = grpo.token_stats(h, W, y, 0.6, chunk, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
+        scalar = (mix[0] * s["logp"] + mix[1] * s["entropy"] + mix[2] * s["kl_exact"]).sum()
+        results.append({**s, "grads": torch.autograd.grad(scalar, (h, W))})
+    naive = naive_stats(h, W, y, 0.6, ref_h, ref_W, phi)
+    scalar = (mix[0].double() * naive["logp"] + mix[1].double() * naive["entropy"] + mix[2].double() * naive["kl_exact"]).sum()
+    naive["grads"] = torch.autograd.grad(scalar, (h, W))
+    for r in results[1:] + [naive]:
+        for name in ("logp", "entropy", "ref_logp", "kl_exact"):
+            torch.testing.assert_close(results[0][name].double(), r[name].double(), atol=1e-5, rtol=1e-5)
+        for g0, g in zip(results[0]["grads"], r["grads"]):
+            torch.testing.assert_close(g0.double(), g.double(), atol=1e-5, rtol=1e-5)
+    assert ref_h.grad is None and ref_W.grad is None and not ref_h.requires_grad
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Temperature, end to end: what vLLM samples at T = 0.6 is scored the same by the trainer
+
+
+def test_vllm_logprobs_equal_trainer_logprobs_at_temperature(engine, tiny_model):
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    engine.sync_weights(lm.state_dict().items())  # other tests may have trained the shared engine
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = [data.make_prompt(tok, data.Problem(str(i), f"What is {i} * 3?", str(3 * i))).prompt_ids
+               for i in range(3)]
+    samples = [s for group in engine.generate(prompts, n=2, temperature=0.6, max_tokens=12, seeds=[3, 13, 23])
+               for s in group]
+    scorer = grpo.Scorer(lm)
+    ids = grpo.pad([s.prompt_ids + s.completion_ids for s in samples], 0)  # [b, S]
+    positions = torch.arange(ids.shape[1])[None]
+    attention_mask = positions < torch.tensor([len(s.prompt_ids) + len(s.completion_ids) for s in samples])[:, None]
+    loss_mask = (positions >= torch.tensor([len(s.prompt_ids) for s in samples])[:, None]) & attention_mask
+    vllm_logp = torch.tensor([lp for s in samples for lp in s.logprobs])
+    with torch.no_grad():
+        at_06 = scorer(ids, attention_mask, loss_mask, temperature=0.6, chunk_size=5)["logp"]
+        at_1 = scorer(ids, attention_mask, loss_mask, temperature=1.0, chunk_size=5)["logp"]
+    assert len(vllm_logp) == len(at_06) > 20
+    assert (at_06 - vllm_logp).abs().max().item() < 1e-4
+    assert (at_1 - vllm_logp).abs().max().item() > 1e-2, "scoring at the wrong temperature must be visible"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --help
+
+
+def help_blocks() -> dict[str, str]:
+    """`python grpo.py --help`, as {flag: its whole help text on one line}."""
+    env = {**os.environ, "COLUMNS": "120"}
+    out = subprocess.run([sys.executable, str(ROOT / "grpo.py"), "--help"], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=120, check=True).stdout
+    blocks, flag = {}, None
+    for line in out.splitlines():
+        started = re.match(r"  (--[a-z0-9-]+)", line)
+        if started:
+            flag = started.group(1)
+            blocks[flag] = line
+        elif flag and line.startswith("    "):
+            blocks[flag] += " " + line.strip()
+        else:
+            flag = None
+    return {flag: " ".join(text.split()) for flag, text in blocks.items()}
+
+
+GRPO = r"(?<!Dr\.)GRPO"  # GRPO itself, not as part of Dr.GRPO
+PAPERS = {
+    "loss_agg": [r"DAPO", GRPO, r"Dr\.GRPO", r"POPE"],
+    "kl": [GRPO, r"RAPO"],
+    "kl_coef": [r"DeepSeekMath|GRPO"],
+    "eps_high": [r"DAPO"],
+    "adv_std_norm": [GRPO, r"Dr\.GRPO"],
+    "entropy_coef": [r"POPE"],
+    "ref_phi_min": [r"RAPO"],
+}
+
+
+def test_help_documents_every_option_and_its_paper():
+    blocks = help_blocks()
+    for f in grpo.Config.__dataclass_fields__.values():
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in blocks, f"{flag} missing from --help"
+        assert len(blocks[flag]) > len(flag) + 20, f"{flag} has no real help text: {blocks[flag]!r}"
+    for name, patterns in PAPERS.items():
+        text = blocks["--" + name.replace("_", "-")]
+        for pattern in patterns:
+            assert re.search(pattern, text), f"--{name} help does not name {pattern}: {text}"

@@ -1,0 +1,127 @@
+"""RAPO: the reward-aware reference in the shared loss, Proposition 3.3 numerically, and the three arms of rapo.py."""
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import data
+import grpo
+import rapo
+
+
+def stats_with_reference(phi: torch.Tensor, temperature: float = 0.7):
+    """token_stats at 6 positions (chunks of 4), and the policy's / reference's logits / T at those positions."""
+    torch.manual_seed(0)
+    h, W, ref_h, ref_W = torch.randn(6, 8), torch.randn(11, 8), torch.randn(6, 8), torch.randn(11, 8)
+    s = grpo.token_stats(h, W, torch.tensor([0, 3, 3, 10, 1, 7]), temperature, chunk_size=4, ref_hidden=ref_h,
+                         ref_head=ref_W, ref_phi=phi)
+    return s, h @ W.T / temperature, ref_h @ ref_W.T / temperature  # [6, 11] each
+
+
+def forward_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row, written out."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def test_phi_one_is_the_plain_forward_kl():
+    s, logits, ref_logits = stats_with_reference(torch.ones(6))
+    expected = forward_kl(torch.log_softmax(ref_logits, -1), torch.log_softmax(logits, -1))
+    assert torch.allclose(s["kl_exact"], expected, atol=1e-6, rtol=0)
+    assert expected.min() > 0.1, "policy and reference differ: a KL of zero would prove nothing"
+    default, _, _ = stats_with_reference(None)  # no phi given: the plain reference
+    assert torch.equal(default["kl_exact"], s["kl_exact"])
+
+
+def test_phi_to_zero_is_the_uniform_distribution():
+    s, logits, _ = stats_with_reference(torch.full((6,), 1e-6))
+    V = logits.shape[1]
+    assert torch.allclose(s["ref_logp"], torch.full((6,), -math.log(V)), atol=1e-4, rtol=0)
+    uniform = torch.full_like(logits, -math.log(V))
+    assert torch.allclose(s["kl_exact"], forward_kl(uniform, torch.log_softmax(logits, -1)), atol=1e-4, rtol=0)
+
+
+def test_phi_per_position_is_the_reference_at_temperature_one_over_phi():
+    phi = torch.tensor([1.0, 0.5, 0.5, 0.25, 1.0, 0.75])  # one value per position, as train() passes them
+    s, logits, ref_logits = stats_with_reference(phi)
+    ref_hat = torch.log_softmax(ref_logits * phi[:, None], -1)  # [6, 11] ref^phi / Z = softmax(ref_logits * phi)
+    assert torch.allclose(s["kl_exact"], forward_kl(ref_hat, torch.log_softmax(logits, -1)), atol=1e-5, rtol=0)
+    plain, _, _ = stats_with_reference(torch.ones(6))
+    assert (s["kl_exact"] - plain["kl_exact"])[phi < 1].abs().min() > 1e-3, "phi < 1 must change the KL"
+
+
+def test_prop33_gradient_ascent_reaches_the_root_and_leaves_the_support():
+    d = rapo.prop33_demo()
+    ref, reward, root, ascent, reverse = d["ref"], d["reward"], d["root"], d["ascent"], d["reverse"]
+    outside = ref == 0
+    assert outside.sum() == 6 and reward[outside].max() == 1, "the toy must reward tokens outside the support"
+    for pi in (root, ascent, reverse):
+        assert abs(pi.sum() - 1) < 1e-9
+    # the root solves Proposition 3.3's condition for every token, with the closed form outside the support
+    condition = reward + d["alpha"] * ref / root - d["beta"] * (np.log(root) + 1)
+    assert np.abs(condition - d["lam"]).max() < 1e-9
+    assert np.allclose(root[outside], np.exp((reward[outside] - d["lam"]) / d["beta"] - 1), rtol=1e-9)
+    assert np.abs(ascent - root).max() < 1e-4
+    # forward KL + entropy: mass on every token the reference never produces, more where the reward is 1
+    assert root[outside].min() > 0 and ascent[outside].min() > 1e-6
+    assert root[outside & (reward == 1)].min() > 5 * root[outside & (reward == 0)].max()
+    # reverse KL: exactly none there
+    assert np.all(reverse[outside] == 0) and reverse[~outside].min() > 0
+
+
+def test_theory_command_prints_the_table_and_saves_the_plot(capsys, tmp_path):
+    rapo.main(["--theory", "--theory-plot", str(tmp_path / "prop33.png")])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s", line)]
+    assert len(rows) == 16 and "reverse KL 0.0000" in out, out
+    assert (tmp_path / "prop33.png").stat().st_size > 10_000
+
+
+def test_bisection_refuses_an_unbracketed_root():
+    with pytest.raises(ValueError, match="not bracketed"):
+        rapo.bisect_decreasing(lambda x: 1 - x, 2.0, 3.0)
+
+
+def test_help_documents_every_rapo_option_with_its_provenance(capsys):
+    with pytest.raises(SystemExit):
+        rapo.parse(["--help"])
+    blocks = re.split(r"\n  (?=--)", capsys.readouterr().out)  # one block per option
+    for name in ["model", "data", "kl", "kl_coef", "ref_phi_min", "ref_phi_source", "entropy_coef", "group_size",
+                 "lr", "eps_low", "eps_high", "max_new_tokens", "temperature", "arm"]:
+        flag = "--" + name.replace("_", "-")
+        [block] = [b for b in blocks if b.startswith(flag + " ")]
+        text = " ".join(block.split())
+        assert "[paper" in text or "[this project's choice" in text, text
+    assert "(default: rapo)" in " ".join("".join(blocks).split())
+
+
+def test_explicit_flags_win_over_the_arm_preset():
+    cfg = rapo.parse(["--arm", "grpo-fkl", "--kl-coef", "0.5"])
+    assert (cfg.kl, cfg.kl_coef, cfg.ref_phi_min) == ("forward-exact", 0.5, 1.0)
+    with pytest.raises(grpo.ConfigError, match="--ref-phi-min"):
+        rapo.parse(["--ref-phi-min", "0"])
+
+
+@pytest.mark.parametrize("arm", list(rapo.ARMS))
+def test_each_arm_trains_on_the_tiny_model(tiny_model, engine, tmp_path, arm):
+    cfg = rapo.parse(["--arm", arm])
+    assert {k: getattr(cfg, k) for k in rapo.ARMS[arm]} == rapo.ARMS[arm]
+    assert cfg.entropy_coef == 1e-3 and cfg.model == "Qwen/Qwen2.5-3B" and cfg.data == "simplerl-zoo"
+    cfg = dataclasses.replace(cfg, model=tiny_model, out_dir=str(tmp_path), steps=2, prompts_per_step=2,
+                              group_size=4, max_new_tokens=8, max_model_len=512, minibatches=1, lr=1e-3,
+                              grad_checkpointing=False, log_samples=0)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = [data.make_prompt(tok, data.Problem(str(i), f"What is {i} + {i}?", str(2 * i))) for i in range(4)]
+    history = grpo.train(cfg, prompts, lambda text, prompt: float(len(text) % 2 == 0), engine=engine)
+    assert len(history) == 2
+    assert all(math.isfinite(h["kl"]) and math.isfinite(h["entropy"]) and h["entropy"] > 0 for h in history)
+    # step 0 runs before any update, so the policy is the reference: only RAPO's reweighted reference differs from it
+    assert history[0]["reward"] < 1, "some sample must fail for phi < 1 to appear"
+    if cfg.ref_phi_min == 1:
+        assert history[0]["kl"] < 1e-6, history[0]
+    else:
+        assert history[0]["kl"] > 1e-4, history[0]
