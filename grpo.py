@@ -88,7 +88,8 @@ class Config:
                   "w = ref/pi (RAPO); forward-exact sums over the vocabulary at each position",
                   choices=["reverse-k1", "reverse-k2", "reverse-k3", "forward-sampled", "forward-exact"])
     kl_coef: float = opt(0.0, "weight of the KL term; 0 loads no reference model (DeepSeekMath 0.04, POPE 0)")
-    kl_log_ratio_clamp: float = opt(10.0, "clamp log(ref/pi) to +-this in the sampled estimators (k3, forward)")
+    kl_log_ratio_clamp: float = opt(10.0, "clamp log(ref/pi) to +-this in the sampled estimators (k3, forward); "
+                                    "verl clamps k3 at 10, PipelineRL log-ratios at 5 (forward-sampled grows as w log w)")
     ref_phi_min: float = opt(1.0, "RAPO reward-aware reference: log ref_hat = log_softmax(phi * log ref), "
                              "phi = phi_min + (1 - phi_min) * reward; 1.0 = the plain reference")
     ref_phi_source: str = opt("sample", "reward that sets phi: the sample's own, or its group's mean (RAPO; "
@@ -501,6 +502,10 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
     rank, world, device = init_distributed()
     if cfg.prompts_per_step % world:
         raise ConfigError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {world} ranks")
+    if not 0 < cfg.ref_phi_min <= 1:
+        raise ConfigError(f"--ref-phi-min {cfg.ref_phi_min}: must be in (0, 1] (1 = the plain reference)")
+    if cfg.ref_phi_min < 1 and cfg.kl_coef == 0:
+        raise ConfigError("--ref-phi-min < 1 reweights the KL's reference, but --kl-coef 0 turns the KL off")
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -563,6 +568,9 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
         # 4. Group-relative advantages, one scalar per completion, broadcast to its tokens.
         adv = group_advantages(rewards, cfg.adv_std_norm, cfg.adv_eps)  # [B, G]
         phi_reward = rewards if cfg.ref_phi_source == "sample" else rewards.mean(1, keepdim=True).expand_as(rewards)
+        if cfg.ref_phi_min < 1 and not ((phi_reward >= 0) & (phi_reward <= 1)).all():
+            raise ConfigError(f"--ref-phi-min < 1 needs rewards in [0, 1]; got {phi_reward.min():.3g} .. "
+                              f"{phi_reward.max():.3g}")
         phi = cfg.ref_phi_min + (1 - cfg.ref_phi_min) * phi_reward  # [B, G] RAPO's reference reweighting
         seqs = [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids), vllm_logp=s.logprobs,
                      adv=a, phi=f) for (p, s), a, f in zip(flat, adv.flatten().tolist(), phi.flatten().tolist())]

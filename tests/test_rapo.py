@@ -3,6 +3,9 @@
 import dataclasses
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,11 +102,16 @@ def test_help_documents_every_rapo_option_with_its_provenance(capsys):
     assert "(default: rapo)" in " ".join("".join(blocks).split())
 
 
-def test_explicit_flags_win_over_the_arm_preset():
+def test_explicit_flags_win_over_the_arm_preset(tiny_model, tmp_path):
     cfg = rapo.parse(["--arm", "grpo-fkl", "--kl-coef", "0.5"])
     assert (cfg.kl, cfg.kl_coef, cfg.ref_phi_min) == ("forward-exact", 0.5, 1.0)
-    with pytest.raises(grpo.ConfigError, match="--ref-phi-min"):
-        rapo.parse(["--ref-phi-min", "0"])
+    data_file = tmp_path / "train.jsonl"
+    data_file.write_text('{"problem": "1+1?", "answer": "2"}\n')
+    result = subprocess.run([sys.executable, str(Path(rapo.__file__)), "--ref-phi-min", "0", "--model", tiny_model,
+                             "--data", str(data_file), "--out-dir", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "--ref-phi-min 0.0: must be in (0, 1]" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("arm", list(rapo.ARMS))
