@@ -356,6 +356,14 @@ def load_scorer(cfg: Config, device, world: int, trainable: bool) -> Scorer:
     return scorer
 
 
+def make_engine(cfg: Config, world: int) -> Engine:
+    """The vLLM engine for --model with this config's dtype, context and memory settings (one per rank)."""
+    return Engine(cfg.model, dtype=str(compute_dtype(cfg)).removeprefix("torch."), max_model_len=cfg.max_model_len,
+                  seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                  kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
+                  distributed=world > 1)
+
+
 def compute_dtype(cfg: Config) -> torch.dtype:
     if cfg.dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -511,10 +519,7 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
     out_dir.mkdir(parents=True, exist_ok=True)
     kinds = sorted({p.kind for p in prompts})
     # The engine comes first: on GPU it checks free memory at start-up, before optimizer state exists.
-    engine = engine or Engine(cfg.model, dtype=str(compute_dtype(cfg)).removeprefix("torch."), max_model_len=cfg.max_model_len,
-                    seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                    kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
-                    distributed=world > 1)
+    engine = engine or make_engine(cfg, world)
     mem_rows = {"vllm engine": memory(device)}
     policy = load_scorer(cfg, device, world, trainable=True)
     ref = load_scorer(cfg, device, world, trainable=False) if cfg.kl_coef > 0 else None
@@ -761,6 +766,11 @@ def main(argv=None, cls=Config, **defaults) -> None:
         run(cfg)
     except (ConfigError, data.DataError) as e:
         sys.exit(f"error: {e}")
+    shutdown()
+
+
+def shutdown() -> None:
+    """End a torchrun job cleanly once every rank is done."""
     if dist.is_initialized():
         dist.barrier()
         # vLLM's external launcher has used the default group too; destroying it can raise ValueError("Invalid

@@ -27,4 +27,4 @@ def engine(tiny_model):
     pytest.importorskip("vllm")
     from rollout import Engine
 
-    return Engine(tiny_model, dtype="float32", max_model_len=512, seed=0)
+    return Engine(tiny_model, dtype="float32", max_model_len=1024, seed=0)

@@ -18,7 +18,7 @@ from test_grpo_loop import char_fraction_z, tiny_config, tiny_prompts  # noqa: E
 if __name__ == "__main__":
     model, out_dir = sys.argv[1], sys.argv[2]
     rank, world, _ = grpo.init_distributed()
-    engine = Engine(model, dtype="float32", max_model_len=512, seed=0, distributed=True)
+    engine = Engine(model, dtype="float32", max_model_len=1024, seed=0, distributed=True)
     prompts = tiny_prompts(model)
     grpo.train(tiny_config(model, out_dir, steps=2), prompts, char_fraction_z, engine=engine)
     sample = engine.generate([prompts[0].prompt_ids], n=4, temperature=1.0, max_tokens=8, seeds=[12345])[0]

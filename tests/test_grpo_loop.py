@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_config(model: str, out_dir, **kw) -> grpo.Config:
     base = dict(model=model, out_dir=str(out_dir), steps=1, prompts_per_step=4, group_size=8, max_new_tokens=8,
-                max_model_len=512, temperature=1.0, lr=1e-2, micro_batch_size=16, log_samples=0)
+                max_model_len=1024, temperature=1.0, lr=1e-2, micro_batch_size=16, log_samples=0)
     return grpo.Config(**{**base, **kw})
 
 

@@ -120,7 +120,7 @@ def test_each_arm_trains_on_the_tiny_model(tiny_model, engine, tmp_path, arm):
     assert {k: getattr(cfg, k) for k in rapo.ARMS[arm]} == rapo.ARMS[arm]
     assert cfg.entropy_coef == 1e-3 and cfg.model == "Qwen/Qwen2.5-3B" and cfg.data == "simplerl-zoo"
     cfg = dataclasses.replace(cfg, model=tiny_model, out_dir=str(tmp_path), steps=2, prompts_per_step=2,
-                              group_size=4, max_new_tokens=8, max_model_len=512, minibatches=1, lr=1e-3,
+                              group_size=4, max_new_tokens=8, max_model_len=1024, minibatches=1, lr=1e-3,
                               grad_checkpointing=False, log_samples=0)
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompts = [data.make_prompt(tok, data.Problem(str(i), f"What is {i} + {i}?", str(2 * i))) for i in range(4)]

@@ -1,0 +1,138 @@
+"""POPE on the tiny model with real vLLM: guided prompts, separate groups, the prefix search, resumable caches."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import data
+import grpo
+import pope
+
+
+def problem(i: int, n_lines: int = 40) -> data.Problem:
+    solution = "\n".join(f"step {j} of problem {i}" for j in range(n_lines))
+    return data.Problem(f"p{i}", f"Problem number {i}?", str(i), solution)
+
+
+def test_guided_prompt_holds_the_prefix_and_it_carries_no_loss(tiny_model, engine, tmp_path, monkeypatch):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    p = problem(1, n_lines=8)
+    prefix = "step 0 of problem 1\nstep 1 of problem 1"
+    guided = data.make_guided_prompt(tok, p, prefix)
+    unguided = data.make_prompt(tok, p)
+    text = tok.decode(guided.prompt_ids)
+    assert prefix in text and p.problem in text and prefix not in tok.decode(unguided.prompt_ids)
+    assert guided.kind == "guided" and guided.prefix == prefix
+
+    seen = []  # (input_ids, loss_mask) of every trainer forward pass
+    forward = grpo.Scorer.forward
+
+    def spy(self, input_ids, attention_mask, loss_mask, *args, **kwargs):
+        seen.append((input_ids.clone(), loss_mask.clone()))
+        return forward(self, input_ids, attention_mask, loss_mask, *args, **kwargs)
+
+    monkeypatch.setattr(grpo.Scorer, "forward", spy)
+    cfg = grpo.Config(model=tiny_model, out_dir=str(tmp_path), steps=1, prompts_per_step=1, group_size=4,
+                      max_new_tokens=8, max_model_len=1024, log_samples=0)
+    grpo.train(cfg, [guided], lambda text, prompt: float(len(text) % 2), engine=engine)
+    n = len(guided.prompt_ids)
+    for input_ids, loss_mask in seen:
+        assert torch.equal(input_ids[:, :n], torch.tensor(guided.prompt_ids).expand(len(input_ids), n))
+        assert not loss_mask[:, :n].any()  # the whole guided prompt, prefix included, is masked out
+        assert loss_mask[:, n].all()  # the first generated token carries loss
+
+
+def test_guided_and_unguided_copies_are_separate_groups(tiny_model, engine, tmp_path):
+    """Reward 1 on every guided sample, 0 on every unguided one: pooled, they would give nonzero advantages; as
+    separate groups every group has zero spread, so no gradient flows and the kinds are logged apart."""
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    cfg = pope.PopeConfig(model=tiny_model, out_dir=str(tmp_path), steps=1, prompts_per_step=2, group_size=4,
+                          max_new_tokens=8, max_model_len=1024, log_samples=0, eval_every=0, lr=1.0)
+    hard = [problem(1, n_lines=8)]
+    prompts = pope.training_set(tok, hard, {"p1": {"prefix": "step 0 of problem 1", "lines": 1}}, cfg)
+    assert [p.kind for p in prompts] == ["unguided", "guided"]
+    history = grpo.train(cfg, prompts, lambda text, prompt: float(prompt.kind == "guided"), engine=engine)
+    m = history[0]
+    assert m["zero_std_frac"] == 1.0 and m["grad_norm"] < 1e-3  # only the entropy bonus remains
+    assert m["reward_guided"] == 1.0 and m["reward_unguided"] == 0.0
+
+
+def solvable_from(lines_needed: dict[str, int]):
+    """A reward under which problem i is solved exactly when its guided prefix has >= lines_needed[i] lines."""
+    return lambda text, prompt: float(bool(prompt.prefix) and prompt.prefix.count("\n") + 1 >= lines_needed[prompt.problem.id])
+
+
+def test_prefix_search_returns_the_shortest_solvable_candidate(tiny_model, engine, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    hard = [problem(1), problem(2), problem(3), data.Problem("p4", "no solution", "4")]
+    # 40 lines -> candidates of 3, 5, 8 and 10 lines (ceil(0.25 * j / 4 * 40))
+    reward_fn = solvable_from({"p1": 3, "p2": 6, "p3": 99, "p4": 1})
+    found = data.find_prefixes(engine, tok, hard, reward_fn, tmp_path / "prefixes.jsonl", k=2, max_tokens=4)
+    assert (found["p1"]["lines"], found["p1"]["solvable"]) == (3, True)
+    assert (found["p2"]["lines"], found["p2"]["solvable"]) == (8, True)  # 5 lines is too short, 8 is the next
+    assert (found["p3"]["lines"], found["p3"]["solvable"]) == (10, False)  # fallback: the longest candidate
+    assert found["p1"]["prefix"] == "\n".join(problem(1).solution.split("\n")[:3])
+    assert "p4" not in found  # no oracle solution, no guided copy
+    dropped = data.find_prefixes(engine, tok, hard[2:3], reward_fn, tmp_path / "drop.jsonl", k=2, max_tokens=4,
+                                 fallback="drop")
+    assert dropped["p3"]["prefix"] is None
+
+
+class CountingEngine:
+    """Wraps the engine and records which prompts were sampled (and can stop after `fail_after` calls)."""
+
+    def __init__(self, engine, fail_after=None):
+        self.engine, self.prompts, self.calls, self.fail_after = engine, [], 0, fail_after
+
+    def generate(self, prompts, **kwargs):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        self.prompts += [tuple(p) for p in prompts]
+        return self.engine.generate(prompts, **kwargs)
+
+
+def test_mining_and_prefix_search_resume_without_redoing_finished_problems(tiny_model, engine, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    problems = [problem(i) for i in range(6)]
+    unsolved = lambda text, prompt: float(prompt.problem.id in {"p1", "p4"})  # p1, p4 are easy; the rest hard
+    first = CountingEngine(engine, fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        data.mine_hard(first, tok, problems, unsolved, tmp_path / "mine.jsonl", k=2, max_tokens=4, batch_size=2)
+    assert len(first.prompts) == 4  # two batches of two finished before the kill
+    second = CountingEngine(engine)
+    hard = data.mine_hard(second, tok, problems, unsolved, tmp_path / "mine.jsonl", k=2, max_tokens=4, batch_size=2)
+    assert [p.id for p in hard] == ["p0", "p2", "p3", "p5"]
+    assert second.prompts == [tuple(data.make_prompt(tok, p).prompt_ids) for p in problems[4:]]  # only the rest
+    rows = [json.loads(line) for line in (tmp_path / "mine.jsonl.rank0").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == [f"p{i}" for i in range(6)]  # each problem recorded exactly once
+
+    # p0-p2 are solved by the first (3-line) candidate; p3-p5 need 6 lines, i.e. the third round (8 lines)
+    reward_fn = solvable_from({p.id: 3 if int(p.id[1:]) < 3 else 6 for p in problems})
+    first = CountingEngine(engine, fail_after=2)  # killed before round 3
+    with pytest.raises(KeyboardInterrupt):
+        data.find_prefixes(first, tok, problems, reward_fn, tmp_path / "pre.jsonl", k=2, max_tokens=4)
+    second = CountingEngine(engine)
+    found = data.find_prefixes(second, tok, problems, reward_fn, tmp_path / "pre.jsonl", k=2, max_tokens=4)
+    assert {i: row["lines"] for i, row in found.items()} == {"p0": 3, "p1": 3, "p2": 3, "p3": 8, "p4": 8, "p5": 8}
+    finished_first = {p.problem for p in problems[:3]}
+    sampled_again = {tok.decode(ids) for ids in second.prompts}
+    assert len(second.prompts) == 3 * 3  # p3-p5 redo their three rounds
+    assert not any(q in text for q in finished_first for text in sampled_again)
+
+
+def test_loaders_name_the_bad_row(tmp_path):
+    path = tmp_path / "hard.jsonl"
+    path.write_text(json.dumps({"problem": "a", "answer": "1"}) + "\n" + json.dumps({"problem": "b"}) + "\n")
+    with pytest.raises(data.DataError, match=r"hard.jsonl:2: field 'answer' is missing"):
+        data.load_problems(str(path))
+    parquet = tmp_path / "hard.parquet"
+    import pandas as pd
+
+    pd.DataFrame([{"question": "q", "gt": "1"}, {"question": "r", "gt": None}]).to_parquet(parquet)
+    with pytest.raises(data.DataError, match=r"hard.parquet row 1: field 'gt' is missing"):
+        data.load_problems(str(parquet), problem="question", answer="gt")
+    kept = data.load_problems(str(parquet), problem="question", answer="gt", strict=False)
+    assert [p.problem for p in kept] == ["q"]
