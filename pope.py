@@ -63,6 +63,7 @@ class PopeConfig(grpo.Config):
                         choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "sum"])
     entropy_coef: float = opt(1e-4, "entropy bonus (POPE: 1e-4)")
     grad_checkpointing: bool = opt(True, "recompute decoder layers in backward (16k-token responses)")
+    micro_batch_size: int = opt(2, "sequences per forward/backward on each rank (2 x 20k tokens of activations)")
     eval_every: int = opt(10, "every N steps, the unguided hard set's solvability (>= 1 correct in --eval-k)")
     eval_k: int = opt(8, "samples per hard problem for solvability (POPE blog, Figure 2: pass@8)")
     eval_limit: int = opt(256, "hard problems in the solvability eval (0 = all)")

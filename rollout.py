@@ -63,6 +63,11 @@ class Engine:
         kwargs = dict(kv_cache_memory_bytes=kv_cache_bytes) if kv_cache_bytes else {}
         if distributed:
             kwargs["distributed_executor_backend"] = "external_launcher"
+        if not torch.cuda.is_available():
+            # vLLM CPU: when a prefill is split into chunks, the sample drawn for the unfinished chunk is discarded
+            # and a seeded request's generator is rewound, which a CPU generator cannot do ("CPU Generator does not
+            # use offset"). Scheduling each prompt whole avoids the rewind.
+            kwargs["enable_chunked_prefill"] = False
         self.llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode,
                        enable_prefix_caching=True,  # the n samples of a prompt share its KV
