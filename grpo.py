@@ -510,6 +510,8 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
     rank, world, device = init_distributed()
     if cfg.prompts_per_step % world:
         raise ConfigError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {world} ranks")
+    if cfg.sleep_level and not torch.cuda.is_available():
+        raise ConfigError("--sleep-level frees GPU memory for training; vLLM's CPU build has no sleep mode (use 0)")
     if not 0 < cfg.ref_phi_min <= 1:
         raise ConfigError(f"--ref-phi-min {cfg.ref_phi_min}: must be in (0, 1] (1 = the plain reference)")
     if cfg.ref_phi_min < 1 and cfg.kl_coef == 0:
