@@ -116,6 +116,8 @@ class Config:
     log_samples: int = opt(2, "rollouts printed per step")
     eval_every: int = opt(0, "every this many steps, measure solvability of the eval prompts (0 = never)")
     eval_k: int = opt(8, "samples per eval prompt: solvable = at least one of k correct (POPE: pass@8)")
+    eval_data: str = opt("", "problems whose unguided solvability is measured every --eval-every steps: a name in "
+                         "data.DATASETS (e.g. pope-hard), a .jsonl/.parquet file, or a Hub id (as in evaluate.py)")
     save_every: int = opt(0, "write a checkpoint every this many steps (0 = only after the last step)")
     resume: bool = opt(False, "continue from the latest checkpoint in --out-dir (same config, same world size)")
 
@@ -726,14 +728,14 @@ def step_metrics(step, sums, maxes, grad_norms, kinds, timings, seconds) -> dict
 
 def solvability(engine, pool, reward_fn, prompts, cfg, step, rank, world, device) -> dict:
     """Fraction of eval prompts with at least one correct answer in k samples (POPE's solvability), and pass@1."""
-    mine = prompts[rank::world]
-    seeds = [request_seed(cfg.seed, -1 - step, rank + world * j) for j in range(len(mine))]
-    groups = engine.generate([p.prompt_ids for p in mine], n=cfg.eval_k, temperature=cfg.temperature,
-                             max_tokens=cfg.max_new_tokens, seeds=seeds)
-    scores = pool.map(reward_fn, [(s.text, p) for p, group in zip(mine, groups) for s in group])
-    per_prompt = np.array(scores).reshape(len(mine), cfg.eval_k) if mine else np.zeros((0, cfg.eval_k))
-    sums = reduce_sums({"solved": float((per_prompt.max(1) > 0).sum()), "correct": float(per_prompt.sum()),
-                        "n": float(len(mine))}, device)
+    import evaluate  # here, not at the top: evaluate imports grpo
+
+    scores = evaluate.sample_scores(engine, pool, reward_fn, prompts, cfg.eval_k, cfg.temperature,
+                                    cfg.max_new_tokens, seed=request_seed(cfg.seed, step), rank=rank,
+                                    world=world)  # [P_local, eval_k], prompts[rank::world]
+    correct = (scores > 0).sum(1)  # [P_local]
+    sums = reduce_sums({"solved": float((correct > 0).sum()), "correct": float(correct.sum()),
+                        "n": float(len(scores))}, device)
     return {f"eval_solvable_at_{cfg.eval_k}": sums["solved"] / sums["n"],
             "eval_pass_at_1": sums["correct"] / (sums["n"] * cfg.eval_k)}
 
@@ -758,7 +760,13 @@ def run(cfg: Config) -> list[dict]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    return train(cfg, [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems])
+    eval_prompts = None
+    if cfg.eval_data:
+        import evaluate  # here, not at the top: evaluate imports grpo
+
+        eval_problems = evaluate.load_benchmark(cfg.eval_data)
+        eval_prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in eval_problems]
+    return train(cfg, [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems], eval_prompts=eval_prompts)
 
 
 def main(argv=None, cls=Config, **defaults) -> None:

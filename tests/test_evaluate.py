@@ -77,7 +77,8 @@ def write_jsonl(path, rows) -> str:
 def test_tiny_model_evaluation_writes_json_and_png(tiny_model, engine, tmp_path):
     bench = write_jsonl(tmp_path / "bench.jsonl", [{"id": f"p{i}", "problem": f"What is {i} + {i}?",
                                                     "answer": str(2 * i)} for i in range(5)])
-    cfg = evaluate.EvalConfig(model=tiny_model, benchmarks=bench, n=4, max_new_tokens=8, out=str(tmp_path / "run.json"))
+    cfg = evaluate.EvalConfig(model=tiny_model, benchmarks=bench, n_samples=4, max_new_tokens=8,
+                              out=str(tmp_path / "run.json"))
     evaluate.run(cfg, engine=engine, reward_fn=text_parity)
 
     results = json.loads((tmp_path / "run.json").read_text())
@@ -124,6 +125,7 @@ def test_compare_and_plot_from_saved_files(tmp_path, capsys):
     a.write_text(evaluate.results_json(fake_results("base", {"aime-2025": [1, 0, 4, 0]}, n=4)))
     b.write_text(evaluate.results_json(fake_results("pope", {"aime-2025": [2, 1, 4, 0], "hmmt-feb-2025": [0, 3]}, 4)))
     assert '"scores": [1.0, 0.0, 0.0, 0.0]' in a.read_text(), "a problem's scores stay on one line"
+    assert json.loads(a.read_text()) == fake_results("base", {"aime-2025": [1, 0, 4, 0]}, n=4)
 
     evaluate.main(["--compare", str(a), str(b)])
     lines = capsys.readouterr().out.splitlines()
@@ -152,7 +154,7 @@ def test_training_plot_skips_missing_series(tmp_path, capsys):
 @pytest.mark.parametrize("case", ["k_above_n", "unknown_benchmark", "no_answer_column", "not_results"])
 def test_bad_input_gives_one_clear_error_line(tiny_model, tmp_path, case):
     no_answer = write_jsonl(tmp_path / "q.jsonl", [{"problem": "1+1?", "solution": "2"}])
-    argv = {"k_above_n": ["--model", tiny_model, "--benchmarks", no_answer, "--n", "4", "--k-max", "8"],
+    argv = {"k_above_n": ["--model", tiny_model, "--benchmarks", no_answer, "--n-samples", "4", "--k-max", "8"],
             "unknown_benchmark": ["--model", tiny_model, "--benchmarks", "aime-2026"],
             "no_answer_column": ["--model", tiny_model, "--benchmarks", no_answer],
             "not_results": ["--compare", no_answer]}[case]
@@ -160,6 +162,6 @@ def test_bad_input_gives_one_clear_error_line(tiny_model, tmp_path, case):
         evaluate.main(argv)
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
-    expected = {"k_above_n": "--k-max 8 > --n 4", "unknown_benchmark": "aime-2025, hmmt-feb-2025",
+    expected = {"k_above_n": "--k-max 8 > --n-samples 4", "unknown_benchmark": "aime-2025, hmmt-feb-2025",
                 "no_answer_column": "field 'answer'", "not_results": "not a results file"}[case]
     assert expected in message, message

@@ -53,10 +53,13 @@ def test_guided_and_unguided_copies_are_separate_groups(tiny_model, engine, tmp_
     hard = [problem(1, n_lines=8)]
     prompts = pope.training_set(tok, hard, {"p1": {"prefix": "step 0 of problem 1", "lines": 1}}, cfg)
     assert [p.kind for p in prompts] == ["unguided", "guided"]
-    history = grpo.train(cfg, prompts, lambda text, prompt: float(prompt.kind == "guided"), engine=engine)
+    cfg.eval_every, cfg.eval_k = 1, 3  # the unguided hard set's solvability, measured during training
+    history = grpo.train(cfg, prompts, lambda text, prompt: float(prompt.kind == "guided"), engine=engine,
+                         eval_prompts=[prompts[0]])
     m = history[0]
     assert m["zero_std_frac"] == 1.0 and m["grad_norm"] < 1e-3  # only the entropy bonus remains
     assert m["reward_guided"] == 1.0 and m["reward_unguided"] == 0.0
+    assert m["eval_solvable_at_3"] == 0.0 and m["eval_pass_at_1"] == 0.0  # unguided copies never score here
 
 
 def solvable_from(lines_needed: dict[str, int]):
