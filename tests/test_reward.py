@@ -334,6 +334,19 @@ def test_time_limit_interrupts_and_restores_outer_timer():
     assert not finished and time.perf_counter() - start < 2.0
 
 
+def test_time_limit_fires_again_when_its_exception_is_swallowed():
+    def swallow_once_then_wait():
+        try:
+            time.sleep(5)
+        except BaseException:  # what Python does to an exception raised inside a finalizer (__del__)
+            pass
+        time.sleep(5)
+
+    start = time.perf_counter()
+    finished, _ = reward._call_with_time_limit(0.05, swallow_once_then_wait)
+    assert not finished and time.perf_counter() - start < 1.0
+
+
 def test_math_reward_in_a_thread_has_no_timer_but_still_answers():
     results = []
     thread = threading.Thread(target=lambda: results.append(math_reward("\\boxed{\\frac{2}{4}}", "0.5")))

@@ -1,8 +1,9 @@
-"""Fuzz tests of reward.py (hypothesis): 10,000 generated and adversarial strings in total.
+"""Fuzz tests of reward.py (hypothesis): 10,500 generated and adversarial examples in total (~3 strings each).
 
 Properties: no exception escapes math_reward, extract_answer or is_equiv; every math_reward call returns 0.0 or 1.0
 within the time bound (asserted with a wide margin: 1 s, against a typical ~1 ms); no call is counted as an internal
-failure; equivalence is symmetric; generated fractions match their reduced forms and not their near misses.
+failure; equivalence is symmetric; value-preserving rewrites match and shifted values do not; generated fractions
+match their reduced forms and not their near misses.
 """
 
 from __future__ import annotations
@@ -101,7 +102,32 @@ def test_generated_expressions_symmetric_and_bounded(a, b):
     assert internal_errors() == errors
 
 
-@settings(FUZZ, max_examples=2500)
+# Scalar expressions, for properties about values: rewrites that keep the value match, a shifted value does not.
+scalar_atoms = st.one_of(st.integers(0, 10**4).map(str), st.sampled_from(["x", "y", "\\pi", "e", "0.5", "2"]))
+
+
+def extend_scalar(inner):
+    return st.one_of(
+        st.tuples(inner, st.sampled_from(["+", "-", "\\cdot ", "/"]), inner).map(lambda t: "(" + "".join(t) + ")"),
+        st.tuples(inner, st.sampled_from(["2", "3", "-1", "\\frac{1}{2}"])).map(lambda t: f"({t[0]})^{{{t[1]}}}"),
+        inner.map(lambda s: "\\sqrt{" + s + "}"),
+        inner.map(lambda s: "\\sin(" + s + ")"),
+    )
+
+
+scalars = st.recursive(scalar_atoms, extend_scalar, max_leaves=8)
+
+
+@settings(FUZZ, max_examples=1000)
+@given(a=scalars, k=st.integers(1, 9))
+def test_value_preserving_rewrites_and_shifts(a, k):
+    defined = is_equiv(f"({a})", f"1({a})")  # false when the value is undefined (1/0) or cannot be evaluated
+    assert is_equiv(f"{k}\\cdot({a})/{k}", a) or not defined, a
+    assert is_equiv(f"({a}) + 0", a) or not defined, a
+    assert not is_equiv(f"({a}) + {k}", a), (a, k)
+
+
+@settings(FUZZ, max_examples=2000)
 @given(num=st.integers(-10**12, 10**12), den=st.integers(1, 10**6))
 def test_fractions_match_reduced_forms_not_near_misses(num, den):
     value = Fraction(num, den)

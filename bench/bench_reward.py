@@ -1,0 +1,154 @@
+"""Benchmark the reward checker against Math-Verify on the peer cases, in one run.
+
+    python bench/bench_reward.py                                   # ../shared/peer-cases/math_answer_cases.jsonl
+    python bench/bench_reward.py --cases path.jsonl --repeat 5 --show-errors
+    python bench/bench_reward.py --no-box-policy answer_phrase     # another extraction policy for our checker
+
+For each checker it prints accuracy on true and on false cases (the headline: cases with policy_dependent=false),
+the policy-dependent cases apart, accuracy per category (headline cases), and answers per second. Math-Verify is
+called as its authors recommend: verify(parse("$" + gold + "$"), parse(response)).
+
+Timing: every repetition scores all cases once, sequentially, in this process; the median repetition is reported.
+Our parse cache is cleared before each repetition, so a repeated gold answer is the only cache hit (as in training,
+where a group of samples shares one gold answer). Both checkers run on the same machine in the same run, so the
+ratio is meaningful even when absolute numbers are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import reward  # noqa: E402
+
+DEFAULT_CASES = "../shared/peer-cases/math_answer_cases.jsonl"  # relative to the repository root
+
+
+def load_cases(path: str) -> list[dict]:
+    """The cases file, resolved relative to the repository root when the path is relative."""
+    resolved = Path(path) if Path(path).is_absolute() else ROOT / path
+    with open(resolved) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def make_ours(box_policy: str, no_box_policy: str):
+    def check(response: str, gold: str) -> bool:
+        return reward.math_reward(response, gold, box_policy=box_policy, no_box_policy=no_box_policy) == 1.0
+
+    def reset() -> None:
+        reward._analyse.cache_clear()
+
+    return check, reset
+
+
+def make_math_verify():
+    """Math-Verify's documented call, or None when it is not installed."""
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        return None
+
+    def check(response: str, gold: str) -> bool:
+        try:
+            return bool(verify(parse("$" + gold + "$"), parse(response)))
+        except Exception:  # a crash of the reference grader counts as "not equal", as in its own error handling
+            return False
+
+    return check, lambda: None
+
+
+def run(check, reset, cases: list[dict], repeat: int) -> tuple[list[bool], float]:
+    """Verdicts on all cases and the median seconds per full pass."""
+    check(cases[0]["response"], cases[0]["gold"])  # warm up imports and lazy initialisation
+    times = []
+    verdicts: list[bool] = []
+    for _ in range(repeat):
+        reset()
+        start = time.perf_counter()
+        verdicts = [check(c["response"], c["gold"]) for c in cases]
+        times.append(time.perf_counter() - start)
+    return verdicts, statistics.median(times)
+
+
+def accuracy(cases: list[dict], verdicts: list[bool], keep) -> tuple[int, int]:
+    """(correct, total) over the cases selected by keep(case)."""
+    pairs = [(c, v) for c, v in zip(cases, verdicts) if keep(c)]
+    return sum(v == c["expected"] for c, v in pairs), len(pairs)
+
+
+def fmt(correct: int, total: int) -> str:
+    return f"{correct}/{total} {100 * correct / total:5.1f}%" if total else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default=DEFAULT_CASES, help="JSONL cases (relative paths: from the repo root)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes over all cases per checker (median)")
+    ap.add_argument("--box-policy", default="last_group", choices=reward.BOX_POLICIES)
+    ap.add_argument("--no-box-policy", default="zero", choices=reward.NO_BOX_POLICIES)
+    ap.add_argument("--show-errors", action="store_true", help="list the cases each checker gets wrong")
+    args = ap.parse_args()
+
+    cases = load_cases(args.cases)
+    checkers = {"ours": make_ours(args.box_policy, args.no_box_policy)}
+    math_verify = make_math_verify()
+    if math_verify is None:
+        print("math-verify is not installed: only our checker is measured")
+    else:
+        checkers["math-verify"] = math_verify
+    results = {name: run(check, reset, cases, args.repeat) for name, (check, reset) in checkers.items()}
+
+    headline = [c for c in cases if not c["policy_dependent"]]
+    print(f"cases: {len(cases)} ({args.cases}); headline (policy_dependent=false): {len(headline)}; "
+          f"policy-dependent: {len(cases) - len(headline)}")
+    print(f"our policies: box_policy={args.box_policy}, no_box_policy={args.no_box_policy}\n")
+    rows = {
+        "true cases (headline)": lambda c: c["expected"] and not c["policy_dependent"],
+        "false cases (headline)": lambda c: not c["expected"] and not c["policy_dependent"],
+        "true cases (policy-dependent)": lambda c: c["expected"] and c["policy_dependent"],
+        "false cases (policy-dependent)": lambda c: not c["expected"] and c["policy_dependent"],
+    }
+    names = list(results)
+    print(f"{'':32}" + "".join(f"{n:>20}" for n in names))
+    for label, keep in rows.items():
+        print(f"{label:32}" + "".join(f"{fmt(*accuracy(cases, results[n][0], keep)):>20}" for n in names))
+    rates = {n: len(cases) / results[n][1] for n in names}
+    print(f"{'answers/second':32}" + "".join(f"{rates[n]:>20.0f}" for n in names))
+    if "math-verify" in rates:
+        print(f"{'throughput ratio ours/math-verify':32}{rates['ours'] / rates['math-verify']:>20.1f}")
+
+    categories: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(cases):
+        if not c["policy_dependent"]:
+            for cat in c["categories"] or ["(none)"]:
+                categories[cat].append(i)
+    print("\nper category (headline cases, true and false together):")
+    print(f"{'category':24}{'n':>5}" + "".join(f"{n:>14}" for n in names))
+    for cat in sorted(categories):
+        idx = categories[cat]
+        cells = []
+        for n in names:
+            correct = sum(results[n][0][i] == cases[i]["expected"] for i in idx)
+            cells.append(f"{100 * correct / len(idx):13.1f}%")
+        print(f"{cat:24}{len(idx):>5}" + "".join(cells))
+
+    if args.show_errors:
+        for n in names:
+            print(f"\nwrong verdicts of {n}:")
+            for c, v in zip(cases, results[n][0]):
+                if v != c["expected"]:
+                    tag = "policy" if c["policy_dependent"] else "headline"
+                    print(f"  {c['id']} [{tag}] expected={c['expected']} gold={c['gold']!r} "
+                          f"response=...{c['response'][-80:]!r}")
+
+
+if __name__ == "__main__":
+    main()
