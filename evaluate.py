@@ -209,7 +209,7 @@ def check_config(cfg: EvalConfig) -> list[int]:
     return powers_of_two(cfg.k_max or cfg.n_samples)
 
 
-def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=grpo.math_prompt_reward) -> dict:
+def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.prompt_reward) -> dict:
     """Sample, score and summarise every benchmark of `cfg`; returns the results (the same on every rank).
 
     `engine` reuses a running vLLM engine serving cfg.model (by default one is started); `reward_fn(text, prompt)`.
@@ -253,7 +253,7 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=grpo.math_
     return results
 
 
-def run(cfg: EvalConfig, engine: Engine | None = None, reward_fn=grpo.math_prompt_reward) -> dict:
+def run(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.prompt_reward) -> dict:
     """The command-line job: evaluate, then (on rank 0) print the table and write the JSON and the pass@k PNG."""
     results = evaluate(cfg, engine, reward_fn)
     if int(os.environ.get("RANK", 0)) == 0:  # torchrun's rank: vLLM's shutdown may have ended the process group

@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
@@ -101,7 +100,8 @@ class Config:
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (POPE config: 0.3)")
     minibatches: int = opt(1, "optimizer steps per rollout batch; > 1 makes the PPO ratio and clip active")
     micro_batch_size: int = opt(8, "sequences per forward/backward pass on each rank")
-    logprob_chunk: int = opt(1024, "completion positions per chunk of logits (peak memory ~ chunk x vocab)")
+    logprob_chunk: int = opt(512, "completion positions per chunk of logits (peak memory ~ chunk x vocab; "
+                             "bench/bench_logprobs.py: 512 of 2048 tokens uses ~15x less than whole logits)")
     grad_checkpointing: bool = opt(False, "recompute decoder layers in backward (long responses on GPU)")
     # system
     dtype: str = opt("auto", "compute dtype of vLLM and the trainer: auto = bfloat16 on GPU, float32 on CPU; "
@@ -279,7 +279,7 @@ def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
         return 0.5 * log_u**2
     log_u = log_u.clamp(-clamp, clamp)  # [N] bounded ratio for the exponentials
     if kind == "reverse-k3":
-        return log_u.exp() - 1 - log_u
+        return torch.expm1(log_u) - log_u  # not exp - 1: in float32 that rounds below 0 near log_u = 0
     if kind == "forward-sampled":
         return log_u.exp() * log_u - log_u.exp() + 1
     raise ValueError(f"unknown KL estimator {kind!r}")
@@ -409,11 +409,6 @@ def reduce_sums(sums: dict[str, float], device, op=None) -> dict[str, float]:
     return dict(zip(sums, t.tolist()))
 
 
-def math_prompt_reward(text: str, prompt: data.Prompt) -> float:
-    """The default reward: 1.0 if the last boxed answer equals the problem's gold answer (reward.math_reward)."""
-    return reward.math_reward(text, prompt.problem.answer)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints (exact resume) and memory
 
@@ -503,7 +498,7 @@ def print_memory_table(rows: dict[str, dict[str, float]], rank: int) -> None:
 # Training
 
 
-def train(cfg: Config, prompts: list[data.Prompt], reward_fn=math_prompt_reward,
+def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_reward,
           eval_prompts: list[data.Prompt] | None = None, engine: Engine | None = None) -> list[dict]:
     """Run GRPO on `prompts` with `reward_fn(completion_text, prompt) -> float`; returns the per-step metrics.
 

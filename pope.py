@@ -37,6 +37,7 @@ from pathlib import Path
 
 import data
 import grpo
+import reward
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
 from grpo import opt
 
@@ -110,7 +111,7 @@ def training_set(tokenizer, hard: list[data.Problem], prefixes: dict[str, dict],
     return prompts
 
 
-def run(cfg: PopeConfig, reward_fn=grpo.math_prompt_reward, engine=None) -> list[dict]:
+def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[dict]:
     """Hard set -> minimal prefixes -> guided + unguided training set -> GRPO."""
     grpo.check_model_path(cfg.model)
     from transformers import AutoTokenizer

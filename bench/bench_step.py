@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import data  # noqa: E402
 import grpo  # noqa: E402
+import reward  # noqa: E402
 import toy  # noqa: E402
-from rollout import Engine  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
                       group_size=args.group_size, max_new_tokens=args.max_new_tokens, max_model_len=1024,
                       lr=1e-5, log_samples=0, micro_batch_size=16)
     engine = grpo.make_engine(cfg, world=1)
-    history = grpo.train(cfg, prompts, grpo.math_prompt_reward, engine=engine)[1:]
+    history = grpo.train(cfg, prompts, reward.prompt_reward, engine=engine)[1:]
     phases = ["rollout", "reward", "logprobs", "backward_step", "sync"]
     mean = {p: statistics.mean(h[f"time_{p}"] for h in history) for p in phases}
     total = statistics.mean(h["time_step"] for h in history)

@@ -2,7 +2,6 @@
 after SIGKILL, and checkpoints that survive a crash in the middle of being written."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -206,6 +206,12 @@ def test_grpo_loss_adds_kl_and_entropy_per_token():
     # per token: -A + 0.1 * [0.5, -1, 0] - 0.01 * [2, 1, 0] = [-0.97, 0.89, -0.5]
     assert loss.item() == pytest.approx(0.5 * -0.97 + 0.25 * 0.89 + 0.25 * -0.5)
     assert metrics["kl"] == pytest.approx(-0.5) and metrics["entropy"] == pytest.approx(3.0)
+    # forward-exact takes the per-position KL from token_stats as it is: [-1, 1, -0.5] + 0.1 * [0.3, 0.2, 0.1]
+    cfg = grpo.Config(kl="forward-exact", kl_coef=0.1)
+    kl_exact = torch.tensor([0.3, 0.2, 0.1], dtype=torch.float64)
+    loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, cfg, ref_logp=KL_REF, kl_exact=kl_exact)
+    assert loss.item() == pytest.approx(0.5 * -0.97 + 0.25 * 1.02 + 0.25 * -0.49)
+    assert metrics["kl"] == pytest.approx(0.6) and "entropy" not in metrics
     loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, grpo.Config(kl_coef=0.0), ref_logp=None)
     assert loss.item() == pytest.approx(-(0.5 - 0.25 + 0.125)) and "kl" not in metrics
 
@@ -217,8 +223,8 @@ def test_grpo_loss_adds_kl_and_entropy_per_token():
 def stats_from_logits(logits, targets, temperature, **ref):
     """token_stats with head = identity, so that hidden = logits (H = V)."""
     eye = torch.eye(logits.shape[1], dtype=logits.dtype)
-    return grpo.token_stats(logits, eye, torch.tensor(targets), temperature, chunk_size=1, ref_head=eye if ref else None,
-                            **ref)
+    return grpo.token_stats(logits, eye, torch.tensor(targets), temperature, chunk_size=1,
+                            ref_head=eye if ref else None, **ref)
 
 
 def test_entropy_and_logprobs_by_hand_with_temperature():
@@ -299,7 +305,8 @@ def test_forward_kl_gradient_is_minus_expected_score_under_the_reference():
     T = 0.7
     h, W, y, ref_h, ref_W, phi = random_case(n=3, hidden=5, vocab=7, seed=1)
     s = grpo.token_stats(h, W, y, T, chunk_size=2, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
-    ref_probs = torch.softmax(torch.log_softmax(ref_h @ ref_W.T / T, -1) * phi[:, None], -1)  # [N, V]
+    ref_probs = torch.softmax(ref_h @ ref_W.T / T, -1) ** phi[:, None]  # [N, V] ref^phi / Z
+    ref_probs = ref_probs / ref_probs.sum(-1, keepdim=True)
     for i in range(len(y)):
         grad_h, grad_W = torch.autograd.grad(s["kl_exact"][i], (h, W), retain_graph=True)
         expected_h, expected_W = torch.zeros_like(h), torch.zeros_like(W)
@@ -316,6 +323,10 @@ def test_forward_kl_gradient_is_minus_expected_score_under_the_reference():
     torch.testing.assert_close(grad_z, (torch.softmax(z / T, -1) - ref_probs).detach() / T, atol=1e-6, rtol=1e-5)
 
 
+def combine(stats, mix):
+    return (mix[0] * stats["logp"] + mix[1] * stats["entropy"] + mix[2] * stats["kl_exact"]).sum()
+
+
 def test_chunked_and_unchunked_agree_in_values_and_gradients():
     """chunk_size=3 (checkpointed chunks, a ragged last one) vs one chunk vs the naive float64 reference, at T=0.6.
 
@@ -327,11 +338,9 @@ def test_chunked_and_unchunked_agree_in_values_and_gradients():
     results = []
     for chunk in (3, 10, 64):
         s = grpo.token_stats(h, W, y, 0.6, chunk, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
-        scalar = (mix[0] * s["logp"] + mix[1] * s["entropy"] + mix[2] * s["kl_exact"]).sum()
-        results.append({**s, "grads": torch.autograd.grad(scalar, (h, W))})
+        results.append({**s, "grads": torch.autograd.grad(combine(s, mix), (h, W))})
     naive = naive_stats(h, W, y, 0.6, ref_h, ref_W, phi)
-    scalar = (mix[0].double() * naive["logp"] + mix[1].double() * naive["entropy"] + mix[2].double() * naive["kl_exact"]).sum()
-    naive["grads"] = torch.autograd.grad(scalar, (h, W))
+    naive["grads"] = torch.autograd.grad(combine(naive, mix.double()), (h, W))
     for r in results[1:] + [naive]:
         for name in ("logp", "entropy", "ref_logp", "kl_exact"):
             torch.testing.assert_close(results[0][name].double(), r[name].double(), atol=1e-5, rtol=1e-5)
