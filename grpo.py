@@ -395,9 +395,16 @@ def prompts_for_step(prompts: list, step: int, per_step: int, seed: int) -> list
     return out
 
 
-def pad(rows: list[list[int]], value) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+def batch_tensors(seqs: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded token ids [b, S] of prompt + completion, the attention mask [b, S], and the loss mask [b, S]:
+    True exactly at completion tokens (prompt tokens, a POPE guiding prefix among them, and padding are False)."""
+    width = max(len(s["ids"]) for s in seqs)
+    ids = torch.tensor([s["ids"] + [0] * (width - len(s["ids"])) for s in seqs], device=device)  # [b, S]
+    positions = torch.arange(width, device=device)[None]  # [1, S]
+    length = torch.tensor([len(s["ids"]) for s in seqs], device=device)[:, None]  # [b, 1]
+    n_prompt = torch.tensor([s["n_prompt"] for s in seqs], device=device)[:, None]  # [b, 1]
+    attention_mask = positions < length  # [b, S]
+    return ids, attention_mask, (positions >= n_prompt) & attention_mask
 
 
 def reduce_sums(sums: dict[str, float], device, op=None) -> dict[str, float]:
@@ -590,13 +597,8 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
             n_seqs, n_tokens = reduce_sums({"s": len(mb), "t": sum(mb_lens)}, device).values()
             for m in range(0, len(mb), cfg.micro_batch_size):
                 idx = mb[m:m + cfg.micro_batch_size]
-                ids = pad([seqs[i]["ids"] for i in idx], 0).to(device)  # [b, S] prompt + completion, right-padded
-                positions = torch.arange(ids.shape[1], device=device)[None]  # [1, S]
-                n_prompt = torch.tensor([seqs[i]["n_prompt"] for i in idx], device=device)[:, None]  # [b, 1]
-                length = torch.tensor([len(seqs[i]["ids"]) for i in idx], device=device)[:, None]  # [b, 1]
-                attention_mask = positions < length  # [b, S]
-                loss_mask = (positions >= n_prompt) & attention_mask  # [b, S] completion tokens only
-                lens = (loss_mask.sum(1)).cpu()  # [b]
+                ids, attention_mask, loss_mask = batch_tensors([seqs[i] for i in idx], device)  # [b, S] each
+                lens = loss_mask.sum(1).cpu()  # [b] completion lengths
                 tok_adv = torch.repeat_interleave(torch.tensor([seqs[i]["adv"] for i in idx]), lens).to(device)  # [N]
                 tok_phi = torch.repeat_interleave(torch.tensor([seqs[i]["phi"] for i in idx]), lens).to(device)  # [N]
                 weights = token_weights(lens, cfg.loss_agg, int(n_seqs), int(n_tokens), cfg.max_new_tokens).to(device)
@@ -636,9 +638,11 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
 
         # 6. Push the new weights into the engine: the next rollouts come from the updated policy.
         t = time.perf_counter()
-        engine.wake_up(["weights"]) if cfg.sleep_level else None
+        if cfg.sleep_level:
+            engine.wake_up(["weights"])  # weight memory first, the KV cache after the sync: a lower peak
         engine.sync_weights(hf_state(policy))
-        engine.wake_up(["kv_cache"]) if cfg.sleep_level else None
+        if cfg.sleep_level:
+            engine.wake_up(["kv_cache"])
         timings["sync"] = time.perf_counter() - t
         mem_rows["after weight sync"] = memory(device)
         if step == start_step:
@@ -669,9 +673,13 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
         # 8. Checkpoint after the step's log line, so every checkpointed step has its metrics on disk.
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step == cfg.steps - 1:
             path = save_checkpoint(out_dir, step, policy, optimizer, tokenizer, rank)
-            tqdm.write(f"checkpoint: {path} (HF model in {path / 'hf'})") if rank == 0 else None
+            if rank == 0:
+                tqdm.write(f"checkpoint: {path} (HF model in {path / 'hf'})")
 
     pool.close()
+    if rank == 0:
+        log_file.close()
+        sample_file.close()
     return history
 
 
@@ -681,10 +689,7 @@ def precompute_old_logp(policy, seqs, cfg, device, autocast) -> list[torch.Tenso
     out = []
     for m in range(0, len(seqs), cfg.micro_batch_size):
         chunk = seqs[m:m + cfg.micro_batch_size]
-        ids = pad([s["ids"] for s in chunk], 0).to(device)
-        positions = torch.arange(ids.shape[1], device=device)[None]
-        attention_mask = positions < torch.tensor([len(s["ids"]) for s in chunk], device=device)[:, None]
-        loss_mask = (positions >= torch.tensor([s["n_prompt"] for s in chunk], device=device)[:, None]) & attention_mask
+        ids, attention_mask, loss_mask = batch_tensors(chunk, device)
         with autocast:
             logp = policy(ids, attention_mask, loss_mask, cfg.temperature, cfg.logprob_chunk)["logp"]
         out.extend(logp.split([len(s["ids"]) - s["n_prompt"] for s in chunk]))

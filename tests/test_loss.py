@@ -362,10 +362,8 @@ def test_vllm_logprobs_equal_trainer_logprobs_at_temperature(engine, tiny_model)
     samples = [s for group in engine.generate(prompts, n=2, temperature=0.6, max_tokens=12, seeds=[3, 13, 23])
                for s in group]
     scorer = grpo.Scorer(lm)
-    ids = grpo.pad([s.prompt_ids + s.completion_ids for s in samples], 0)  # [b, S]
-    positions = torch.arange(ids.shape[1])[None]
-    attention_mask = positions < torch.tensor([len(s.prompt_ids) + len(s.completion_ids) for s in samples])[:, None]
-    loss_mask = (positions >= torch.tensor([len(s.prompt_ids) for s in samples])[:, None]) & attention_mask
+    ids, attention_mask, loss_mask = grpo.batch_tensors(
+        [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids)) for s in samples], "cpu")  # [b, S]
     vllm_logp = torch.tensor([lp for s in samples for lp in s.logprobs])
     with torch.no_grad():
         at_06 = scorer(ids, attention_mask, loss_mask, temperature=0.6, chunk_size=5)["logp"]
