@@ -57,8 +57,17 @@ def load_jsonl(path: str | Path, problem_key: str = "problem", answer_key: str =
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
-    problems = []
-    with path.open(encoding="utf-8") as f:
+    problems = [problem_from_row(row, f"{path}:{line_no}", problem_key, answer_key, solution_key, id_key,
+                                 default_id=f"{path.name}:{line_no}") for line_no, row in read_jsonl(path)]
+    if not problems:
+        raise DataError(f"{path}: the file holds no rows")
+    return problems
+
+
+def read_jsonl(path: str | Path):
+    """Yield (line number, object) for each non-blank line; a line that is not a JSON object raises `DataError`
+    naming the file and the line."""
+    with Path(path).open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -68,11 +77,7 @@ def load_jsonl(path: str | Path, problem_key: str = "problem", answer_key: str =
                 raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            problems.append(problem_from_row(row, f"{path}:{line_no}", problem_key, answer_key, solution_key,
-                                             id_key, default_id=f"{path.name}:{line_no}"))
-    if not problems:
-        raise DataError(f"{path}: the file holds no rows")
-    return problems
+            yield line_no, row
 
 
 def problem_from_row(row: dict, where: str, problem_key: str = "problem", answer_key: str = "answer",

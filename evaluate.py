@@ -372,19 +372,11 @@ def plot_pass_at_k(runs: dict[str, dict], png: Path) -> None:
 
 def load_metrics(path: str) -> list[dict]:
     """The rows of a training run's metrics.jsonl, the last record of each step kept (a re-run appends)."""
+    if not Path(path).is_file():
+        raise data.DataError(f"{path}: no such metrics file")
     by_step = {}
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        raise data.DataError(f"{path}: no such metrics file") from None
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise data.DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "step" not in row:
+    for line_no, row in data.read_jsonl(path):
+        if "step" not in row:
             raise data.DataError(f"{path}:{line_no}: a metrics row needs a 'step' field")
         by_step[row["step"]] = row
     if not by_step:
