@@ -1451,7 +1451,9 @@ def _scalar_equal(a: Node, b: Node, ctx: _Context) -> bool:
         exact = isinstance(x, Fraction) and isinstance(y, Fraction)
         if _close(x, y, ctx.rel_tol, places):
             checked += 1
-            resolved += exact or places is not None or x == y or _magnitude(x, y) <= LARGE_FLOAT
+            # float equality proves nothing at large magnitude (z + 1 == z at |z| = 1e16); only infinities agree
+            same_infinity = x == y and not exact and not cmath.isfinite(_as_complex(x) or 0)
+            resolved += exact or places is not None or same_infinity or _magnitude(x, y) <= LARGE_FLOAT
         elif places is None and not exact and _relative_difference(x, y) < NEAR_REL:
             near = True  # cancellation or a near miss: let sympy decide
         else:

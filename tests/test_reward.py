@@ -421,3 +421,10 @@ def test_peer_cases_accuracy_thresholds():
     false_cases = [not got for got, expected in verdicts if not expected]
     assert sum(true_cases) / len(true_cases) >= 170 / 173
     assert sum(false_cases) / len(false_cases) >= 0.995
+
+
+def test_a_shift_by_one_is_seen_at_large_complex_magnitude():
+    """Found by the fuzz test: sqrt(sin(sqrt(-5710))) is ~1.3e16 (1 + i), where z + 1 == z in floats; sympy decides."""
+    a = "\\sqrt{\\sin(\\sqrt{(0-5710)})}"
+    assert not reward.is_equiv(f"({a}) + 1", a)
+    assert reward.is_equiv(f"2{a}", f"{a} + {a}")
