@@ -325,7 +325,8 @@ def find_prefixes(engine, tokenizer, problems: list[Problem], reward_fn, cache: 
                     del todo[p.id]
             out.flush()
     _barrier()
-    return {i: row for i, row in _read_cache(cache).items() if i in {p.id for p in problems}}
+    wanted = {p.id for p in problems}
+    return {i: row for i, row in _read_cache(cache).items() if i in wanted}
 
 
 def _barrier() -> None:
