@@ -323,18 +323,11 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, trai
 # Measurement with vLLM: pass@k of the base model, unguided and guided
 # ---------------------------------------------------------------------------------------------------------------
 
-def count_correct(engine, prompts: list[data.Prompt], n: int, temperature: float = 1.0, max_tokens: int = 200,
-                  seed: int = 0) -> list[int]:
-    """For each prompt, how many of `n` samples `toy_reward` scores 1."""
-    groups = engine.generate([p.prompt_ids for p in prompts], n=n, temperature=temperature, max_tokens=max_tokens,
-                             seeds=[seed + 10_007 * i for i in range(len(prompts))])
-    return [int(sum(toy_reward(s.text, p) for s in g)) for p, g in zip(prompts, groups)]
-
-
 def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: int = 32, n_hard: int = 32,
             prefix_lines: tuple[int, ...] = (2, 4, 6, 8), temperature: float = 1.0, seed: int = 1) -> dict:
     """Print and return the base model's pass@k: easy unguided, hard unguided, hard guided by prefix length."""
-    from evaluate import pass_at_k  # imported here: vLLM is only needed for measuring
+    import evaluate  # imported here: vLLM is only needed for measuring
+    import reward
     from rollout import Engine
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -344,8 +337,10 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
 
     def report(name: str, prompts: list[data.Prompt]) -> None:
         t0 = time.time()
-        c = count_correct(engine, prompts, n, temperature, seed=seed)
-        row = {f"pass@{k}": sum(pass_at_k(n, ci, k) for ci in c) / len(c) for k in ks}
+        scores = evaluate.sample_scores(engine, reward.RewardPool(0), toy_reward, prompts, n, temperature,
+                                        max_tokens=200, seed=seed)  # [P, n]
+        c = [int(ci) for ci in (scores > 0).sum(1)]
+        row = {f"pass@{k}": sum(evaluate.pass_at_k(n, ci, k) for ci in c) / len(c) for k in ks}
         row["solved"] = f"{sum(ci > 0 for ci in c)}/{len(c)}"
         row["correct_counts"] = c
         rows[name] = row
