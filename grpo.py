@@ -727,17 +727,20 @@ def step_metrics(step, sums, maxes, grad_norms, kinds, timings, seconds) -> dict
 
 
 def solvability(engine, pool, reward_fn, prompts, cfg, step, rank, world, device) -> dict:
-    """Fraction of eval prompts with at least one correct answer in k samples (POPE's solvability), and pass@1."""
+    """Fraction of eval prompts with at least one correct answer in k samples (POPE's solvability), and the unbiased
+    pass@j of the same samples at j = 1, 2, 4, ... <= k."""
     import evaluate  # here, not at the top: evaluate imports grpo
 
     scores = evaluate.sample_scores(engine, pool, reward_fn, prompts, cfg.eval_k, cfg.temperature,
                                     cfg.max_new_tokens, seed=request_seed(cfg.seed, step), rank=rank,
                                     world=world)  # [P_local, eval_k], prompts[rank::world]
     correct = (scores > 0).sum(1)  # [P_local]
-    sums = reduce_sums({"solved": float((correct > 0).sum()), "correct": float(correct.sum()),
-                        "n": float(len(scores))}, device)
+    ks = evaluate.powers_of_two(cfg.eval_k)
+    sums = reduce_sums({"solved": float((correct > 0).sum()), "n": float(len(scores)),
+                        **{f"pass@{j}": sum(evaluate.pass_at_k(cfg.eval_k, int(c), j) for c in correct) for j in ks}},
+                       device)
     return {f"eval_solvable_at_{cfg.eval_k}": sums["solved"] / sums["n"],
-            "eval_pass_at_1": sums["correct"] / (sums["n"] * cfg.eval_k)}
+            **{f"eval_pass_at_{j}": sums[f"pass@{j}"] / sums["n"] for j in ks}}
 
 
 def show_samples(flat, rewards, n, step, sample_file) -> None:
