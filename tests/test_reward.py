@@ -306,8 +306,8 @@ def test_math_reward_end_to_end():
     "\\boxed{e^{e^{e^{e^{e^{e^{x}}}}}}}",
 ])
 def test_pathological_inputs_are_fast_and_wrong(response):
-    start = time.perf_counter()
-    assert math_reward(response, "1") == 0.0
+    start = time.perf_counter()  # the gold is one no response equals (1/1/.../1 IS 1: with gold "1" it may score 1)
+    assert math_reward(response, "7/3") == 0.0
     assert time.perf_counter() - start < 1.0
 
 
