@@ -15,7 +15,8 @@ The loss, per completion token t of sequence i (prompt tokens, including a POPE 
     loss    = sum_t w_t L_t          with the per-token weight w_t set by --loss-agg (token-mean, seq-mean-token-mean, ...)
 
 Options come from: GRPO (DeepSeekMath, arXiv 2402.03300), DAPO (arXiv 2503.14476: clip-higher, token-mean),
-Dr.GRPO (arXiv 2503.20783: no std, constant normaliser), Schulman's KL estimators (joschu.net/blog/kl-approx.html),
+Dr.GRPO (arXiv 2503.20783: no std, constant normaliser), Schulman's KL estimators (joschu.net/blog/kl-approx.html;
+which KL direction each one's gradient follows is in `kl_term`),
 the POPE authors' PipelineRL config (sum over tokens / sequences per step), RAPO (arXiv 2510.03865: forward KL to a
 reward-reweighted reference). spec/algorithms.md in ../shared has the provenance of each.
 
@@ -25,7 +26,7 @@ Logprobs are computed only at completion positions and in chunks of positions (`
 
 Deliberately left out: a value model (GRPO needs none), asynchronous / off-policy rollouts (every rollout comes from
 the current weights; the PPO ratio matters only with --minibatches > 1), dynamic sampling (zero-std groups are kept
-and simply contribute no gradient), learning-rate schedules (constant), and importance correction of the small
+and simply contribute no gradient), learning-rate warmup, and importance correction of the small
 vLLM-vs-trainer logprob gap (it is logged every step instead: it is the health metric of the weight sync).
 """
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -58,6 +60,9 @@ def opt(default, help: str, **kw):
     return field(default=default, metadata=dict(help=help, **kw))
 
 
+KL_CHOICES = ["reverse-k2", "reverse-exact", "forward-k3", "forward-exact"]  # `kl_term` has the formulas
+
+
 @dataclass
 class Config:
     # what to train on (system_prompt first: the `data` field below shadows the module inside this class body)
@@ -76,26 +81,32 @@ class Config:
     # advantages and loss
     adv_std_norm: bool = opt(True, "divide r - mean by the group's std (GRPO); off = Dr.GRPO / POPE authors' config")
     adv_eps: float = opt(1e-6, "eps in (r - mean) / (std + eps); std is the population std of the group")
-    eps_low: float = opt(0.2, "lower clip: ratio >= 1 - eps_low for negative advantages (PPO/GRPO 0.2)")
-    eps_high: float = opt(0.2, "upper clip: ratio <= 1 + eps_high for positive advantages (GRPO 0.2, DAPO 0.28)")
+    eps_low: float = opt(0.2, "lower clip: ratio >= 1 - eps_low for negative advantages (PPO/GRPO 0.2); acts only "
+                         "with --minibatches > 1 (with one, the ratio is exactly 1)")
+    eps_high: float = opt(0.2, "upper clip: ratio <= 1 + eps_high for positive advantages (GRPO 0.2, DAPO 0.28 "
+                          "clip-higher); acts only with --minibatches > 1, e.g. --eps-high 0.28 --minibatches 4")
     loss_agg: str = opt("token-mean", "how token losses are averaged: token-mean (DAPO) | seq-mean-token-mean "
                         "(GRPO) | seq-mean-token-sum-norm (Dr.GRPO, / (sequences x max_new_tokens)) | sum "
                         "(/ sequences per step; POPE authors' PipelineRL config)",
                         choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "sum"])
-    kl: str = opt("reverse-k3", "KL direction and estimator: reverse-k1 | reverse-k2 | reverse-k3 (GRPO) are "
-                  "KL(pi || ref) at the sampled token; forward-sampled is KL(ref || pi) as w log w - w + 1 with "
-                  "w = ref/pi (RAPO); forward-exact sums over the vocabulary at each position",
-                  choices=["reverse-k1", "reverse-k2", "reverse-k3", "forward-sampled", "forward-exact"])
+    kl: str = opt("reverse-k2", "KL term, named for what its GRADIENT optimises (expected over sampled tokens): "
+                  "reverse-k2 and reverse-exact follow KL(pi || ref) (GRPO's intent), forward-k3 and forward-exact "
+                  "KL(ref || pi) (RAPO). forward-k3 is GRPO's published k3 term (DeepSeekMath): its value estimates "
+                  "the reverse KL, its gradient is the forward KL's. *-exact sum over the vocabulary at each position",
+                  choices=KL_CHOICES)
     kl_coef: float = opt(0.0, "weight of the KL term; 0 loads no reference model (DeepSeekMath 0.04, POPE 0)")
-    kl_log_ratio_clamp: float = opt(10.0, "clamp log(ref/pi) to +-this in the sampled estimators (k3, forward); "
-                                    "verl clamps k3 at 10, PipelineRL log-ratios at 5 (forward-sampled grows as w log w)")
+    kl_log_ratio_clamp: float = opt(5.0, "the sampled KL terms clamp log(ref/pi) to +-this, so one token's weight "
+                                    "ref/pi is at most e^5 = 148 (PipelineRL's bound; verl clamps k3 at 10); "
+                                    "where it binds the token's KL gradient is 0, logged as kl_clamp_frac")
     ref_phi_min: float = opt(1.0, "RAPO reward-aware reference: log ref_hat = log_softmax(phi * log ref), "
                              "phi = phi_min + (1 - phi_min) * reward; 1.0 = the plain reference")
     ref_phi_source: str = opt("sample", "reward that sets phi: the sample's own, or its group's mean (RAPO; "
                               "not published, this project's options)", choices=["sample", "group-mean"])
     entropy_coef: float = opt(0.0, "entropy bonus weight, exact over the vocabulary (POPE 1e-4, SimpleRL 1e-3)")
     # optimisation
-    lr: float = opt(1e-6, "AdamW learning rate, constant (POPE config: 1e-6)")
+    lr: float = opt(1e-6, "AdamW learning rate (POPE config: 1e-6)")
+    lr_schedule: str = opt("constant", "learning rate over the run: constant, or cosine from --lr at step 0 to 0 after "
+                           "--steps, no warmup (POPE authors' config)", choices=["constant", "cosine"])
     weight_decay: float = opt(0.0, "AdamW weight decay (POPE config: 0.01)")
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (POPE config: 0.3)")
     minibatches: int = opt(1, "optimizer steps per rollout batch; > 1 makes the PPO ratio and clip active")
@@ -116,6 +127,9 @@ class Config:
     log_samples: int = opt(2, "rollouts printed per step")
     eval_every: int = opt(0, "every this many steps, measure solvability of the eval prompts (0 = never)")
     eval_k: int = opt(8, "samples per eval prompt: solvable = at least one of k correct (POPE: pass@8)")
+    eval_top_p: float = opt(1.0, "nucleus sampling of the solvability eval (1 = off, the training sampler; "
+                            "evaluate.py's default is the POPE authors' eval sampler, 0.95)")
+    eval_top_k: int = opt(0, "top-k sampling of the solvability eval (0 = off; evaluate.py's default: 50)")
     eval_data: str = opt("", "problems whose unguided solvability is measured every --eval-every steps: a name in "
                          "data.DATASETS (e.g. pope-hard), a .jsonl/.parquet file, or a Hub id (as in evaluate.py)")
     save_every: int = opt(0, "write a checkpoint every this many steps (0 = only after the last step)")
@@ -169,9 +183,14 @@ def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
     so the backward pass recomputes its logits instead of keeping them: peak memory ~ chunk_size x V.
 
     Returns `logp` and `entropy` [N] of pi_theta = softmax(logits / T); with a reference also `ref_logp` [N] (the
-    sampled token under the reference) and `kl_exact` [N] = sum_v ref(v) (log ref(v) - log pi_theta(v)).
-    The reference enters through its logits as log ref = log_softmax(phi * log_softmax(ref_logits / T)), phi [N]
-    (RAPO's reward-aware reweighting; phi = 1 is the plain reference, phi -> 0 the uniform distribution).
+    sampled token under the reference) and the exact KLs at each position, over the whole vocabulary:
+        kl_forward [N] = sum_v ref(v) (log ref(v) - log pi(v))       KL(ref || pi)
+        kl_reverse [N] = sum_v pi(v) (log pi(v) - log ref(v))        KL(pi || ref)
+    The reference enters through its logits as log ref = log_softmax(phi * log_softmax(ref_logits / T)), phi [N]:
+    RAPO's reward-aware reweighting, ref^phi / Z per position (phi = 1 is the plain reference, phi -> 0 uniform).
+    The paper reweights the sequence-level reference, pi_ref(y|x)^phi(r) / Z(x); per token is this project's
+    stand-in (its Z is exact at each position; the sequence-level Z is a sum over all responses).
+    Logits are float32 (float64 stays float64, for the exact gradient tests).
 
     >>> h, W = torch.randn(5, 8), torch.randn(11, 8)
     >>> s = token_stats(h, W, torch.tensor([0, 3, 3, 10, 1]), temperature=1.0, chunk_size=2)
@@ -190,21 +209,27 @@ def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
             outs.append(checkpoint(chunk_fn, *args, use_reentrant=False))
         else:
             outs.append(chunk_fn(*args))
-    names = ["logp", "entropy"] + (["ref_logp", "kl_exact"] if with_ref else [])
+    names = ["logp", "entropy"] + (["ref_logp", "kl_forward", "kl_reverse"] if with_ref else [])
     return {name: torch.cat([o[j] for o in outs]) if outs else hidden.new_zeros(0) for j, name in enumerate(names)}
 
 
+def _logits(h, head, temperature):
+    logits = h @ head.T  # [n, V]
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 stays
+
+
 def _chunk_stats(h, y, ref_h=None, phi=None, *, head, ref_head, temperature):
-    logp_all = torch.log_softmax((h @ head.T).float() / temperature, dim=-1)  # [n, V]
+    logp_all = torch.log_softmax(_logits(h, head, temperature), dim=-1)  # [n, V]
     logp = logp_all.gather(-1, y[:, None])[:, 0]  # [n]
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n]
     if ref_h is None:
         return logp, entropy
-    ref_all = torch.log_softmax((ref_h @ ref_head.T).float() / temperature, dim=-1)  # [n, V]
-    ref_all = torch.log_softmax(phi[:, None] * ref_all, dim=-1)  # [n, V] reweighted reference (identity at phi=1)
+    ref_all = torch.log_softmax(_logits(ref_h, ref_head, temperature), dim=-1)  # [n, V]
+    ref_all = torch.log_softmax(phi[:, None].to(ref_all.dtype) * ref_all, dim=-1)  # [n, V] reweighted (phi=1: same)
     ref_logp = ref_all.gather(-1, y[:, None])[:, 0]  # [n]
-    kl_exact = (ref_all.exp() * (ref_all - logp_all)).sum(-1)  # [n] KL(ref || pi) at this position
-    return logp, entropy, ref_logp, kl_exact
+    kl_forward = (ref_all.exp() * (ref_all - logp_all)).sum(-1)  # [n] KL(ref || pi) at this position
+    kl_reverse = (logp_all.exp() * (logp_all - ref_all)).sum(-1)  # [n] KL(pi || ref) at this position
+    return logp, entropy, ref_logp, kl_forward, kl_reverse
 
 
 class Scorer(torch.nn.Module):
@@ -258,54 +283,75 @@ def token_weights(seq_lens: torch.Tensor, mode: str, n_seqs: int, n_tokens: int,
 
 
 def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
-            kl_exact: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token KL penalty [N]. With log u = log ref(y_t) - log pi(y_t) at the sampled token (u = ref / pi):
+            kl_forward: torch.Tensor | None = None, kl_reverse: torch.Tensor | None = None):
+    """Per-token KL penalty: (loss_t, value_t), each [N]. loss_t goes into the loss; its expected gradient over
+    tokens sampled from pi is the gradient of the KL in the name. value_t is an unbiased estimate of that KL's value,
+    for the logs. With log u = log ref(y_t) - log pi(y_t) at the sampled token (u = ref / pi, clamped to e^+-clamp in
+    loss_t only; where the clamp binds the token's loss_t has no gradient):
 
-        reverse-k1       -log u                      KL(pi || ref), unbiased, can be negative
-        reverse-k2       (log u)^2 / 2               KL(pi || ref), biased, low variance
-        reverse-k3       u - 1 - log u               KL(pi || ref), unbiased, >= 0 (GRPO, "low_var_kl")
-        forward-sampled  w log w - w + 1, w = u      KL(ref || pi), >= 0 (RAPO's sample estimator)
-        forward-exact    sum_v ref(v) log(ref(v) / pi(v))   KL(ref || pi), exact at each visited position
+        kind            loss_t                           E[grad loss_t]     value_t
+        reverse-k2      (log u)^2 / 2                    grad KL(pi || ref)  u - 1 - log u  (k3)
+        reverse-exact   sum_v pi log(pi / ref)           grad KL(pi || ref)  the same
+        forward-k3      u - 1 - log u  (GRPO's k3)        grad KL(ref || pi)  u log u - u + 1
+        forward-exact   sum_v ref log(ref / pi)          grad KL(ref || pi)  the same
 
-    >>> kl_term(torch.tensor([-1.0]), torch.tensor([-1.0]), "reverse-k3", clamp=10.0)   # policies agree
-    tensor([0.])
+    Why: grad k2 = (log pi - log ref) grad log pi, whose mean under pi is grad KL(pi || ref); grad k3 = (1 - u)
+    grad log pi, whose mean is -sum_v ref(v) grad log pi(v) = grad KL(ref || pi). So GRPO's k3 (DeepSeekMath, verl
+    `low_var_kl`) has the value of the reverse KL and the gradient of the forward one (shared spec/algorithms.md §1.5;
+    xihuai18.github.io, "KL estimators", 2025). k1 = -log u is left out: its expected gradient is exactly 0. RAPO's
+    sampled w log w - w + 1 is a value estimate only: differentiated, it gives -w log w grad log pi, which is biased.
+    (All of this holds for on-policy samples: with --minibatches > 1 the later minibatches sample from pi_old.)
+
+    >>> loss_t, value_t = kl_term(torch.tensor([-1.0]), torch.tensor([-1.0]), "reverse-k2", clamp=5.0)
+    >>> loss_t, value_t                                                                  # the policies agree
+    (tensor([0.]), tensor([0.]))
     """
+    if kind == "reverse-exact":
+        return kl_reverse, kl_reverse
     if kind == "forward-exact":
-        return kl_exact
+        return kl_forward, kl_forward
     log_u = ref_logp - logp  # [N]
-    if kind == "reverse-k1":
-        return -log_u
+    clamped = log_u.clamp(-clamp, clamp)  # [N] bounded ratio: no token weighs more than e^clamp
     if kind == "reverse-k2":
-        return 0.5 * log_u**2
-    log_u = log_u.clamp(-clamp, clamp)  # [N] bounded ratio for the exponentials
-    if kind == "reverse-k3":
-        return torch.expm1(log_u) - log_u  # not exp - 1: in float32 that rounds below 0 near log_u = 0
-    if kind == "forward-sampled":
-        return log_u.exp() * log_u - log_u.exp() + 1
-    raise ValueError(f"unknown KL estimator {kind!r}")
+        k3 = torch.expm1(log_u) - log_u  # [N] not exp - 1: in float32 that rounds below 0 near log_u = 0
+        return 0.5 * clamped**2, k3.detach()
+    if kind == "forward-k3":
+        u = log_u.exp()  # [N]
+        return torch.expm1(clamped) - clamped, (u * log_u - u + 1).detach()
+    raise ValueError(f"unknown KL term {kind!r}; choose one of {KL_CHOICES}")
 
 
-def grpo_loss(logp, old_logp, adv, weights, cfg: Config, entropy=None, ref_logp=None, kl_exact=None):
+def grpo_loss(logp, old_logp, adv, weights, eps_low: float, eps_high: float, entropy=None, entropy_coef: float = 0.0,
+              ref_logp=None, kl: str = "reverse-k2", kl_coef: float = 0.0, kl_clamp: float = 5.0, kl_forward=None,
+              kl_reverse=None):
     """The step's loss sum_t w_t L_t over N completion tokens, and token-level metric sums.
 
-    logp, old_logp, adv, weights, entropy, ref_logp, kl_exact: [N] (adv is the sequence's advantage per token).
+    logp, old_logp, adv, weights, entropy, ref_logp, kl_forward, kl_reverse: [N] (adv is the sequence's advantage
+    at each of its tokens; the last five come from `token_stats`). kl, kl_coef, kl_clamp: see `kl_term`.
     """
     ratio = torch.exp(logp - old_logp)  # [N] rho_t; exactly 1 (with gradient) when old_logp = logp.detach()
-    clipped = ratio.clamp(1 - cfg.eps_low, 1 + cfg.eps_high)  # [N]
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)  # [N]
     loss_t = -torch.minimum(ratio * adv, clipped * adv)  # [N] PPO's pessimistic surrogate
     metrics = {
         # tokens where the clip is active (gradient zero): above 1 + eps_high with A > 0, below 1 - eps_low with A < 0
-        "clip_pos": ((adv > 0) & (ratio > 1 + cfg.eps_high)).sum().item(), "n_pos": (adv > 0).sum().item(),
-        "clip_neg": ((adv < 0) & (ratio < 1 - cfg.eps_low)).sum().item(), "n_neg": (adv < 0).sum().item(),
+        "clip_pos": ((adv > 0) & (ratio > 1 + eps_high)).sum().item(), "n_pos": (adv > 0).sum().item(),
+        "clip_neg": ((adv < 0) & (ratio < 1 - eps_low)).sum().item(), "n_neg": (adv < 0).sum().item(),
     }
-    if cfg.kl_coef > 0:
-        kl = kl_term(logp, ref_logp, cfg.kl, cfg.kl_log_ratio_clamp, kl_exact)  # [N]
-        loss_t = loss_t + cfg.kl_coef * kl  # [N]
-        metrics["kl"] = kl.detach().sum().item()
+    if kl_coef > 0:
+        kl_loss, kl_value = kl_term(logp, ref_logp, kl, kl_clamp, kl_forward, kl_reverse)  # [N] each
+        loss_t = loss_t + kl_coef * kl_loss  # [N]
+        metrics["kl"] = kl_value.detach().sum().item()
+        metrics["kl_clamped"] = ((ref_logp - logp).abs() > kl_clamp).sum().item() if "exact" not in kl else 0
     if entropy is not None:
-        loss_t = loss_t - cfg.entropy_coef * entropy  # [N]
+        loss_t = loss_t - entropy_coef * entropy  # [N]
         metrics["entropy"] = entropy.detach().sum().item()
     return (weights * loss_t).sum(), metrics
+
+
+def loss_options(cfg: Config) -> dict:
+    """The loss knobs of a Config, as `grpo_loss`'s keyword arguments."""
+    return dict(eps_low=cfg.eps_low, eps_high=cfg.eps_high, entropy_coef=cfg.entropy_coef, kl=cfg.kl,
+                kl_coef=cfg.kl_coef, kl_clamp=cfg.kl_log_ratio_clamp)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -566,6 +612,8 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
         groups = engine.generate([p.prompt_ids for p in batch], n=cfg.group_size, temperature=cfg.temperature,
                                  max_tokens=cfg.max_new_tokens, seeds=seeds)
         mem_rows = {"after rollout": memory(device)}
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
         engine.sleep(cfg.sleep_level)
         timings["rollout"] = time.perf_counter() - t0
 
@@ -613,8 +661,9 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
                     stats = policy(ids, attention_mask, loss_mask, cfg.temperature, cfg.logprob_chunk,
                                    ref_hidden=ref_hidden, ref_head=ref_head, ref_phi=tok_phi)
                 old = stats["logp"].detach() if old_logp is None else torch.cat([old_logp[i] for i in idx])  # [N]
-                loss, m_sums = grpo_loss(stats["logp"], old, tok_adv, weights, cfg, entropy=stats["entropy"],
-                                         ref_logp=stats.get("ref_logp"), kl_exact=stats.get("kl_exact"))
+                loss, m_sums = grpo_loss(stats["logp"], old, tok_adv, weights, entropy=stats["entropy"],
+                                         ref_logp=stats.get("ref_logp"), kl_forward=stats.get("kl_forward"),
+                                         kl_reverse=stats.get("kl_reverse"), **loss_options(cfg))
                 sums["fwd_s"] += time.perf_counter() - t
                 t = time.perf_counter()
                 (loss * world).backward()  # FSDP averages gradients over ranks; the weights already count all ranks
@@ -660,7 +709,8 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
             sums[f"solved_{kind}"] = sum(r > 0 for r in kind_rewards)
         maxes["len_max"] = max(lengths)
         sums, maxes = reduce_sums(sums, device), reduce_sums(maxes, device, dist.ReduceOp.MAX)
-        metrics = step_metrics(step, sums, maxes, grad_norms, kinds, timings, time.perf_counter() - t0)
+        metrics = step_metrics(step, sums, maxes, grad_norms, learning_rate(cfg, step), kinds, timings,
+                               time.perf_counter() - t0)
         if eval_prompts and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             metrics.update(solvability(engine, pool, reward_fn, eval_prompts, cfg, step, rank, world, device))
         metrics.update({f"mem_{k}": max(m[k] for m in mem_rows.values()) for k in mem_rows["after rollout"]})
@@ -683,6 +733,13 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
     return history
 
 
+def learning_rate(cfg: Config, step: int) -> float:
+    """--lr, or with --lr-schedule cosine: lr (1 + cos(pi step / steps)) / 2, from lr at step 0 towards 0."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * (1 + math.cos(math.pi * step / cfg.steps)) / 2
+
+
 @torch.no_grad()
 def precompute_old_logp(policy, seqs, cfg, device, autocast) -> list[torch.Tensor]:
     """pi_old(y_t): the trainer's logprobs at the rollout weights, before any update (needed with minibatches > 1)."""
@@ -702,7 +759,7 @@ def old_logp_gap(old_logp, seqs, maxes) -> dict:
     return {"gap_sum": gaps.sum().item(), "n_tokens": len(gaps)}
 
 
-def step_metrics(step, sums, maxes, grad_norms, kinds, timings, seconds) -> dict:
+def step_metrics(step, sums, maxes, grad_norms, lr, kinds, timings, seconds) -> dict:
     n_tok = max(sums["n_tokens"], 1)
     metrics = {
         "step": step,
@@ -713,10 +770,10 @@ def step_metrics(step, sums, maxes, grad_norms, kinds, timings, seconds) -> dict
         "clip_frac_pos_adv": sums["clip_pos"] / max(sums["n_pos"], 1),
         "clip_frac_neg_adv": sums["clip_neg"] / max(sums["n_neg"], 1),
         "entropy": sums["entropy"] / n_tok,
-        "grad_norm": float(np.mean(grad_norms)),
+        "grad_norm": float(np.mean(grad_norms)), "lr": lr,
         "logprob_gap_mean": sums["gap_sum"] / n_tok, "logprob_gap_max": maxes["gap_max"],
         "reward_failures": sums["reward_failures"],
-        **({"kl": sums["kl"] / n_tok} if "kl" in sums else {}),
+        **({"kl": sums["kl"] / n_tok, "kl_clamp_frac": sums["kl_clamped"] / n_tok} if "kl" in sums else {}),
         **{f"time_{k}": v for k, v in timings.items()}, "time_step": seconds,
     }
     for kind in kinds:  # per prompt kind (POPE: guided / unguided), never pooled
@@ -732,8 +789,8 @@ def solvability(engine, pool, reward_fn, prompts, cfg, step, rank, world, device
     import evaluate  # here, not at the top: evaluate imports grpo
 
     scores = evaluate.sample_scores(engine, pool, reward_fn, prompts, cfg.eval_k, cfg.temperature,
-                                    cfg.max_new_tokens, seed=request_seed(cfg.seed, step), rank=rank,
-                                    world=world)  # [P_local, eval_k], prompts[rank::world]
+                                    cfg.max_new_tokens, seed=request_seed(cfg.seed, step), rank=rank, world=world,
+                                    top_p=cfg.eval_top_p, top_k=cfg.eval_top_k)  # [P_local, eval_k] prompts[rank::world]
     correct = (scores > 0).sum(1)  # [P_local]
     ks = evaluate.powers_of_two(cfg.eval_k)
     sums = reduce_sums({"solved": float((correct > 0).sum()), "n": float(len(scores)),

@@ -2,9 +2,10 @@
 
     torchrun --nproc_per_node=8 rapo.py                              # RAPO: Qwen2.5-3B on SimpleRL-Zoo, 8 GPUs
     torchrun --nproc_per_node=8 rapo.py --model Qwen/Qwen2.5-7B      # the paper's other model
-    torchrun --nproc_per_node=8 rapo.py --arm grpo-rkl               # baseline: GRPO, reverse KL (k3)
+    torchrun --nproc_per_node=8 rapo.py --arm grpo-rkl               # baseline: GRPO, reverse KL (exact)
+    torchrun --nproc_per_node=8 rapo.py --arm grpo-k3                # baseline as published: GRPO's k3 term
     torchrun --nproc_per_node=8 rapo.py --arm grpo-fkl               # ablation: forward KL to the plain reference
-    python rapo.py --theory --theory-plot prop33.png                 # Proposition 3.3 on 16 tokens (CPU, seconds)
+    python rapo.py --theory --theory-plot prop33.png                 # our Proposition 3.3 check, 16 tokens (CPU)
 
 What changes from GRPO (grpo.py holds the loss; this file only sets its knobs). Per completion token t of sample i,
 with pi = pi_theta(. | s_t) and ref = pi_ref(. | s_t):
@@ -13,10 +14,15 @@ with pi = pi_theta(. | s_t) and ref = pi_ref(. | s_t):
     log ref_hat_i = log_softmax(phi_i * log ref)        (ref^phi / Z: the reference at temperature 1 / phi)
     phi_i         = phi_min + (1 - phi_min) * r_i       (r_i in [0, 1]; phi = 1: the reference, phi -> 0: uniform)
 
+The paper reweights the reference of the whole response, pi_ref(y|x)^phi(r) / Z(x); here it is reweighted per token
+(ref_hat above, normalised at each position), a stand-in: the sequence-level Z(x) sums over every possible response.
+
 Why: with GRPO's reverse KL, the best policy for max E_pi[r] - alpha KL(pi || ref) is ref * exp(r / alpha) / Z
 (Lemma 3.1; with + beta H(pi) it is ref^(alpha / (alpha + beta)) exp(r / (alpha + beta)) / Z), zero wherever the
 reference is zero: the policy cannot learn an answer the reference never produces. With the forward KL and the
-entropy term it is positive on every token (Proposition 3.3). `python rapo.py --theory` checks both on 16 tokens.
+entropy term it is positive on every token (Proposition 3.3). `python rapo.py --theory` checks both on 16 tokens,
+against our reconstruction of Proposition 3.3 from the paper's abstract and a secondary summary (the paper's own
+statement was not available to us; shared spec/algorithms.md §3.3).
 
 The paper's (spec/algorithms.md §3; read from its abstract, captions and a secondary summary, the full text was not
 readable): the forward KL in place of the reverse KL, the entropy bonus, the reference reweighted as ref^phi(r) / Z
@@ -24,9 +30,16 @@ with phi monotone in the reward, the GRPO surrogate otherwise unchanged, Qwen2.5
 SimpleRL-Zoo's 8K training problems. This project's choices, where the paper's values were NOT FOUND: phi linear in
 the reward with phi_min = 0.5, phi from the sample's own reward (its group's mean is --ref-phi-source group-mean),
 the KL per token (a per-sequence ratio is a product of token ratios and explodes), the KL exact over the vocabulary
-at each visited position (its gradient is the true forward-KL gradient there; the paper's sampled estimator
-w log w - w + 1 is --kl forward-sampled), alpha = beta = 1e-3, and SimpleRL-Zoo's recipe for everything else
-(group 8, lr 5e-7, clip 0.2, 1024 prompts per step in 4 minibatches, 8192 tokens, temperature 1, reverse-KL 1e-4).
+at each visited position (its gradient is the true forward-KL gradient there; the paper's sampled value estimate
+w log w - w + 1 has a biased gradient as a loss, so the sampled option is --kl forward-k3, whose gradient is the
+forward KL's, see grpo.kl_term), alpha = beta = 1e-3, and SimpleRL-Zoo's recipe for everything else (group 8,
+lr 5e-7, clip 0.2, 1024 prompts per step in 4 minibatches, 8192 tokens, temperature 1, reverse-KL 1e-4).
+
+The baselines. The paper's GRPO-RKL ran GRPO's k3 term (SimpleRL-Zoo: verl's low_var_kl), whose value estimates the
+reverse KL but whose gradient is the forward KL's (grpo.kl_term): as published it is the `grpo-k3` arm. A comparison
+about the KL's direction needs a true reverse-KL gradient: the `grpo-rkl` arm, exact over the vocabulary like the
+forward arms. So four arms: grpo-rkl (reverse), grpo-k3 (as published: forward gradient, plain reference),
+grpo-fkl (forward, plain reference) and rapo (forward, reweighted reference).
 
 Deliberately left out: the paper's evaluation (pass@k to k = 1024 on AIME 2024/2025 from 2048 samples, and its "hard"
 subsets), SimpleRL-Zoo's qwen-boxed prompt (the project's system prompt carries the same instruction), and any
@@ -44,10 +57,12 @@ import torch
 import grpo
 from grpo import opt
 
-# The three arms of the paper's comparison (its Fig. 3 calls them GRPO-RKL, GRPO-FKL and RAPO). --arm picks one and
-# its values become the defaults; a flag given explicitly still wins. All else (the entropy bonus too) is shared.
+# The arms of the paper's comparison (its Fig. 3 calls them GRPO-RKL, GRPO-FKL and RAPO; GRPO-RKL as published is
+# grpo-k3, see the docstring). --arm picks one and its values become the defaults; a flag given explicitly still wins.
+# All else (the entropy bonus too) is shared.
 ARMS = {
-    "grpo-rkl": dict(kl="reverse-k3", kl_coef=1e-4, ref_phi_min=1.0, out_dir="runs/rapo-arm-grpo-rkl"),
+    "grpo-rkl": dict(kl="reverse-exact", kl_coef=1e-4, ref_phi_min=1.0, out_dir="runs/rapo-arm-grpo-rkl"),
+    "grpo-k3": dict(kl="forward-k3", kl_coef=1e-4, ref_phi_min=1.0, out_dir="runs/rapo-arm-grpo-k3"),
     "grpo-fkl": dict(kl="forward-exact", kl_coef=1e-3, ref_phi_min=1.0, out_dir="runs/rapo-arm-grpo-fkl"),
     "rapo": dict(kl="forward-exact", kl_coef=1e-3, ref_phi_min=0.5, out_dir="runs/rapo-arm-rapo"),
 }
@@ -77,18 +92,22 @@ class RapoConfig(grpo.Config):
     eps_high: float = tagged("eps_high", 0.2, f"{OURS}: GRPO's")
     lr: float = tagged("lr", 5e-7, f"{OURS}: SimpleRL-Zoo's")
     grad_checkpointing: bool = tagged("grad_checkpointing", True, f"{OURS}: 8192-token responses")
-    kl: str = tagged("kl", ARMS["rapo"]["kl"], f"{PAPER}: forward KL; {OURS}: per token, exact (default) or sampled")
-    kl_coef: float = tagged("kl_coef", ARMS["rapo"]["kl_coef"], f"{OURS}: RAPO's alpha; grpo-rkl arm 1e-4 "
-                            "(SimpleRL-Zoo's reverse-KL coefficient)")
+    kl: str = tagged("kl", ARMS["rapo"]["kl"], f"{PAPER}: forward KL; {OURS}: per token, exact (default) or sampled "
+                     "(forward-k3); arms: grpo-rkl reverse-exact, grpo-k3 forward-k3 (GRPO's k3 as published)")
+    kl_coef: float = tagged("kl_coef", ARMS["rapo"]["kl_coef"], f"{OURS}: RAPO's alpha; grpo-rkl and grpo-k3 arms "
+                            "1e-4 (SimpleRL-Zoo's k3 coefficient)")
     ref_phi_min: float = tagged("ref_phi_min", ARMS["rapo"]["ref_phi_min"], f"{PAPER}: ref^phi(r) / Z, phi "
                                 f"monotone in reward; {OURS}: the linear form, 0.5 (1 in the grpo-* arms)")
     ref_phi_source: str = tagged("ref_phi_source", "sample", OURS)
     entropy_coef: float = tagged("entropy_coef", 1e-3, f"{PAPER}: an entropy bonus; {OURS}: RAPO's beta = "
                                  "SimpleRL-Zoo's 1e-3, in every arm")
-    arm: str = opt("rapo", "preset for the comparison: grpo-rkl (reverse KL, k3), grpo-fkl (forward KL, phi = 1) or "
-                   f"rapo; sets --kl, --kl-coef, --ref-phi-min, --out-dir [{PAPER}: the three arms]",
+    arm: str = opt("rapo", "preset for the comparison: grpo-rkl (gradient of the reverse KL, exact), grpo-k3 (GRPO's "
+                   "k3 as published: reverse-KL value, forward-KL gradient), grpo-fkl (forward KL, phi = 1) or rapo "
+                   f"(forward KL, phi < 1); sets --kl, --kl-coef, --ref-phi-min, --out-dir [{PAPER}: the arms GRPO-RKL, "
+                   f"GRPO-FKL, RAPO; {OURS}: GRPO-RKL split into grpo-rkl and grpo-k3]",
                    choices=list(ARMS))
-    theory: bool = opt(False, "no training: print the Proposition 3.3 check on a 16-token vocabulary and exit")
+    theory: bool = opt(False, "no training: check our reconstruction of Proposition 3.3 (the paper's statement was "
+                       "not available) on a 16-token vocabulary, print it and exit")
     theory_plot: str = opt("", "with --theory, also save a bar chart of the three policies to this PNG file")
 
 
@@ -134,7 +153,7 @@ def bisect_decreasing(f, lo, hi, iters: int = 200):
 
 
 def prop33_root(ref: np.ndarray, reward: np.ndarray, alpha: float, beta: float) -> tuple[np.ndarray, float]:
-    """(pi, lambda) solving Proposition 3.3:  r(y) + alpha ref(y) / pi(y) - beta (log pi(y) + 1) = lambda  for all y.
+    """(pi, lambda) solving our reconstruction of Proposition 3.3:  r(y) + alpha ref(y) / pi(y) - beta (log pi(y) + 1) = lambda  for all y.
 
     For fixed lambda, u = log pi(y) solves  alpha ref(y) e^-u - beta u = lambda + beta - r(y), strictly decreasing in u
     (where ref(y) = 0 the root is u = (r(y) - lambda) / beta - 1: positive mass outside the reference's support).
@@ -179,6 +198,8 @@ def prop33_demo(alpha: float = 1.0, beta: float = 0.5) -> dict:
 def print_theory(d: dict, plot: str = "") -> None:
     """The table of `prop33_demo`'s result, and optionally a bar chart of it."""
     print(f"max_pi E_pi[r] - alpha KL + beta H(pi) on 16 tokens, alpha = {d['alpha']}, beta = {d['beta']}\n"
+          "(the 'Prop 3.3' column is our reconstruction of the paper's Proposition 3.3, whose statement we could not "
+          "read)\n"
           f"{'':20}  {'forward KL + entropy':>21}  {'reverse KL + entropy':>20}\n"
           f"{'token':>5} {'ref':>7} {'reward':>6}  {'ascent':>10} {'Prop 3.3':>10}  {'optimum':>20}")
     for y in range(len(d["ref"])):

@@ -65,7 +65,7 @@ def naive_stats(h, W, y, T, ref_h=None, ref_W=None, phi=None):
     if ref_h is not None:
         with torch.no_grad():
             ref_all = torch.log_softmax(phi[:, None] * torch.log_softmax((ref_h @ ref_W.T).float() / T, -1), -1)
-        out["kl_exact"] = (ref_all.exp() * (ref_all - logp_all)).sum(-1)  # [N]
+        out["kl_forward"] = (ref_all.exp() * (ref_all - logp_all)).sum(-1)  # [N]
     return out
 
 
@@ -96,7 +96,7 @@ def run_variant(args) -> dict:
                                  ref.get("phi"))
         loss = (mix[0] * s["logp"] + mix[1] * s["entropy"]).sum()
         if args.ref:
-            loss = loss + (mix[2] * s["kl_exact"]).sum()
+            loss = loss + (mix[2] * s["kl_forward"]).sum()
         loss.backward()
         return loss.item()
 

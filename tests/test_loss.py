@@ -6,8 +6,10 @@ What is checked, and against what:
   batches and split into micro-batches (the micro-batch losses must add up to the whole-batch loss).
 - The clipped surrogate: hand-made ratios around 1 - eps_low and 1 + eps_high (eps_low != eps_high) for positive and
   negative advantages: each token's loss, which tokens get zero gradient, and the clip_pos / clip_neg counts.
-- `kl_term`: each estimator against its formula on three tokens, the log-ratio clamp, k3 and forward-sampled >= 0
-  on random inputs and 0 where the policies agree.
+- `kl_term`: each sampled term and logged value against its formula on three tokens; the log-ratio clamp (bounded
+  term, zero gradient, counted); >= 0 on random float32 inputs and 0 where the policies agree. And the one property
+  that makes a KL choice what its name says: its expected gradient over tokens sampled from pi equals the gradient
+  of the named KL (float64, 1e-10, through `token_stats` + `grpo_loss`, phi = 1 and phi < 1).
 - `token_stats`: entropy and log-probabilities by hand on 3-token vocabularies (temperature included); the exact
   forward KL against a naive softmax reference (RAPO's reweighting included); its gradient against the closed form;
   chunked against unchunked and naive (values and gradients, 1e-5).
@@ -67,12 +69,12 @@ EXPECTED_LOSS = {
 }
 
 
-def on_policy_loss(token_losses, seq_lens, mode, n_seqs, n_tokens, cfg=None):
+def on_policy_loss(token_losses, seq_lens, mode, n_seqs, n_tokens):
     """grpo_loss on-policy (ratio exactly 1), so each token's loss is -A_t: choose A_t = -L_t."""
     losses = torch.tensor(token_losses, dtype=torch.float64)
     logp = torch.zeros(len(losses), dtype=torch.float64, requires_grad=True)
     weights = grpo.token_weights(torch.tensor(seq_lens), mode, n_seqs, n_tokens, MAX_LEN).double()
-    loss, _ = grpo.grpo_loss(logp, logp.detach(), -losses, weights, cfg or grpo.Config())
+    loss, _ = grpo.grpo_loss(logp, logp.detach(), -losses, weights, eps_low=0.2, eps_high=0.2)
     return loss
 
 
@@ -126,7 +128,7 @@ def clip_case(eps_high=0.28, weights=None):
     old = torch.zeros_like(logp)
     adv = torch.tensor(CLIP_ADV, dtype=torch.float64)
     weights = torch.ones_like(old) if weights is None else weights
-    loss, metrics = grpo.grpo_loss(logp, old, adv, weights, grpo.Config(eps_low=0.2, eps_high=eps_high))
+    loss, metrics = grpo.grpo_loss(logp, old, adv, weights, eps_low=0.2, eps_high=eps_high)
     return logp, loss, metrics
 
 
@@ -151,49 +153,122 @@ def test_clip_higher_is_what_leaves_ratio_1_27_unclipped():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# KL estimators
+# KL terms: values by hand, and the expected gradient of each choice against the true KL's gradient
 
 # log pi = [-1, -2, -0.5], log ref = [-1.5, -1, -0.5]  ->  log u = log ref - log pi = [-0.5, 1, 0], u = ref / pi.
 KL_LOGP = torch.tensor([-1.0, -2.0, -0.5], dtype=torch.float64)
 KL_REF = torch.tensor([-1.5, -1.0, -0.5], dtype=torch.float64)
 E = math.e
-KL_EXPECTED = {
-    "reverse-k1": [0.5, -1.0, 0.0],  # -log u
-    "reverse-k2": [0.125, 0.5, 0.0],  # (log u)^2 / 2
-    "reverse-k3": [E**-0.5 - 1 + 0.5, E - 1 - 1, 0.0],  # u - 1 - log u = [0.106531, 0.718282, 0]
-    "forward-sampled": [-0.5 * E**-0.5 - E**-0.5 + 1, E - E + 1, 0.0],  # w log w - w + 1 = [0.090204, 1, 0]
-}
+K2 = [0.125, 0.5, 0.0]  # (log u)^2 / 2
+K3 = [E**-0.5 - 1 + 0.5, E - 1 - 1, 0.0]  # u - 1 - log u = [0.106531, 0.718282, 0]
+KFWD = [-0.5 * E**-0.5 - E**-0.5 + 1, E - E + 1, 0.0]  # u log u - u + 1 = [0.090204, 1, 0]
+KL_EXPECTED = {"reverse-k2": (K2, K3), "forward-k3": (K3, KFWD)}  # (loss term, logged value)
 
 
 @pytest.mark.parametrize("kind", list(KL_EXPECTED))
-def test_kl_estimators_by_hand(kind):
-    kl = grpo.kl_term(KL_LOGP, KL_REF, kind, clamp=10.0)
-    torch.testing.assert_close(kl, torch.tensor(KL_EXPECTED[kind], dtype=torch.float64))
+def test_sampled_kl_terms_by_hand(kind):
+    loss_t, value_t = grpo.kl_term(KL_LOGP, KL_REF, kind, clamp=5.0)
+    torch.testing.assert_close(loss_t, torch.tensor(KL_EXPECTED[kind][0], dtype=torch.float64))
+    torch.testing.assert_close(value_t, torch.tensor(KL_EXPECTED[kind][1], dtype=torch.float64))
 
 
-def test_kl_log_ratio_clamp():
-    """log u = -30 and +30 are clamped to -+10 in k3 and forward-sampled; k1 and k2 use the raw log-ratio."""
-    logp = torch.tensor([0.0, -30.0], dtype=torch.float64)
+def test_kl_log_ratio_clamp_bounds_the_loss_term_and_zeroes_its_gradient():
+    """log u = -30 and +30 are clamped to -+5 in the loss terms, which then carry no gradient; the logged values
+    use the raw ratio (they are estimates, not losses)."""
+    logp = torch.tensor([0.0, -30.0], dtype=torch.float64, requires_grad=True)
     ref = torch.tensor([-30.0, 0.0], dtype=torch.float64)
-    k3 = grpo.kl_term(logp, ref, "reverse-k3", clamp=10.0)
-    torch.testing.assert_close(k3, torch.tensor([E**-10 - 1 + 10, E**10 - 1 - 10], dtype=torch.float64))
-    fwd = grpo.kl_term(logp, ref, "forward-sampled", clamp=10.0)
-    torch.testing.assert_close(fwd, torch.tensor([-10 * E**-10 - E**-10 + 1, 10 * E**10 - E**10 + 1],
-                                                 dtype=torch.float64))
-    assert grpo.kl_term(logp, ref, "reverse-k1", clamp=10.0).tolist() == [30.0, -30.0]
-    assert grpo.kl_term(logp, ref, "reverse-k2", clamp=10.0).tolist() == [450.0, 450.0]
+    k3, value = grpo.kl_term(logp, ref, "forward-k3", clamp=5.0)
+    torch.testing.assert_close(k3, torch.tensor([E**-5 - 1 + 5, E**5 - 1 - 5], dtype=torch.float64))
+    assert value[1].item() == pytest.approx(30 * E**30 - E**30 + 1)
+    k2, value = grpo.kl_term(logp, ref, "reverse-k2", clamp=5.0)
+    assert k2.tolist() == [12.5, 12.5] and value[0].item() == pytest.approx(E**-30 - 1 + 30)
+    (grad,) = torch.autograd.grad((k3 + k2).sum(), logp)
+    assert grad.tolist() == [0.0, 0.0]
+    # Through the loss: the clamped tokens are counted.
+    _, metrics = grpo.grpo_loss(logp, logp.detach(), torch.zeros(2, dtype=torch.float64), torch.ones(2),
+                                eps_low=0.2, eps_high=0.2, ref_logp=ref, kl="forward-k3", kl_coef=1.0, kl_clamp=5.0)
+    assert metrics["kl_clamped"] == 2
 
 
-@pytest.mark.parametrize("kind", ["reverse-k3", "forward-sampled"])
-def test_nonnegative_kl_estimators_are_nonnegative_and_zero_when_policies_agree(kind):
+@pytest.mark.parametrize("kind", ["reverse-k2", "forward-k3"])
+def test_sampled_kl_terms_are_nonnegative_and_zero_when_policies_agree(kind):
     """In float32, as the trainer computes them: random log-ratios from 1e-9 to 20 in size, and exact agreement."""
     g = torch.Generator().manual_seed(0)
     logp = -torch.rand(60_000, generator=g) * 20
     scale = 10.0 ** torch.randint(-9, 2, (60_000,), generator=g).float()  # many near-equal pairs: rounding
     ref = logp + scale * torch.randn(60_000, generator=g)
-    kl = grpo.kl_term(logp, ref, kind, clamp=10.0)
-    assert kl.min().item() >= 0, f"{(kl < 0).sum().item()} negative values, min {kl.min().item():.2e}"
-    assert grpo.kl_term(logp, logp.clone(), kind, clamp=10.0).abs().max().item() == 0
+    for t in grpo.kl_term(logp, ref, kind, clamp=5.0):
+        assert t.min().item() >= 0, f"{(t < 0).sum().item()} negative values, min {t.min().item():.2e}"
+    assert all(t.abs().max().item() == 0 for t in grpo.kl_term(logp, logp.clone(), kind, clamp=5.0))
+
+
+def true_kl(logp_all, ref_all, direction):
+    """KL(pi || ref) or KL(ref || pi) of two log-distributions over the vocabulary (last dim)."""
+    p, q = (logp_all, ref_all) if direction == "reverse" else (ref_all, logp_all)
+    return (p.exp() * (p - q)).sum(-1)
+
+
+def one_position(seed, V=6, H=4, T=0.7, phi=1.0):
+    """A random policy and reference at one position, in float64: hidden [1, H], heads [V, H], phi [1]."""
+    g = torch.Generator().manual_seed(seed)
+    h = (torch.randn(1, H, generator=g, dtype=torch.float64)).requires_grad_()
+    W = (torch.randn(V, H, generator=g, dtype=torch.float64)).requires_grad_()
+    ref_h = torch.randn(1, H, generator=g, dtype=torch.float64)
+    ref_W = torch.randn(V, H, generator=g, dtype=torch.float64)
+    return h, W, ref_h, ref_W, torch.tensor([phi], dtype=torch.float64), T
+
+
+CASES = [(seed, phi) for seed in range(4) for phi in (1.0, 0.5)]  # phi < 1: RAPO's reweighted reference
+
+
+@pytest.mark.parametrize("kind", grpo.KL_CHOICES)
+@pytest.mark.parametrize("seed,phi", CASES)
+def test_kl_choice_expected_gradient_is_the_named_kl_gradient(kind, seed, phi):
+    """sum_a pi(a) grad loss_t(a), the gradient the trainer follows on average (the sampling itself is not
+    differentiated), equals autograd's gradient of the true KL in the named direction, in float64 to 1e-10; and
+    sum_a pi(a) value_t(a) is the KL's value. Through the real path: `token_stats` on a one-position batch (policy
+    hidden state and head, reference reweighted by phi, temperature 0.7), then `grpo_loss` with A = 0."""
+    h, W, ref_h, ref_W, phi_t, T = one_position(seed, phi=phi)
+    V = W.shape[0]
+    logp_all = torch.log_softmax(h @ W.T / T, -1)[0]  # [V]
+    ref_all = torch.log_softmax(phi * torch.log_softmax(ref_h @ ref_W.T / T, -1), -1)[0]  # [V], ref^phi / Z
+    pi = logp_all.exp().detach()  # [V] the sampling distribution
+    expected_grad = [torch.zeros_like(h), torch.zeros_like(W)]
+    expected_value = 0.0
+    for a in range(V):
+        s = grpo.token_stats(h, W, torch.tensor([a]), T, chunk_size=1, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi_t)
+        loss, metrics = grpo.grpo_loss(s["logp"], s["logp"].detach(), torch.zeros(1, dtype=torch.float64),
+                                       torch.ones(1, dtype=torch.float64), eps_low=0.2, eps_high=0.2,
+                                       ref_logp=s["ref_logp"], kl=kind, kl_coef=1.0, kl_clamp=50.0,
+                                       kl_forward=s["kl_forward"], kl_reverse=s["kl_reverse"])
+        for acc, g in zip(expected_grad, torch.autograd.grad(loss, (h, W))):
+            acc += pi[a] * g
+        expected_value += pi[a].item() * metrics["kl"]
+    direction = kind.split("-")[0]
+    true = true_kl(logp_all, ref_all, direction)
+    for got, want in zip(expected_grad, torch.autograd.grad(true, (h, W), retain_graph=True)):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    assert expected_value == pytest.approx(true.item(), abs=1e-10)
+    other = true_kl(logp_all, ref_all, "forward" if direction == "reverse" else "reverse")
+    assert (torch.autograd.grad(other, h)[0] - expected_grad[0]).abs().max() > 1e-3, "the directions differ here"
+
+
+def test_kl_choices_expected_gradients_on_bare_distributions():
+    """The same identity on the per-token function alone, for random pi / ref over 6 tokens (logits as parameters)."""
+    for seed in range(5):
+        g = torch.Generator().manual_seed(100 + seed)
+        z = (2 * torch.randn(6, generator=g, dtype=torch.float64)).requires_grad_()
+        ref_all = torch.log_softmax(2 * torch.randn(6, generator=g, dtype=torch.float64), -1)
+        for kind in grpo.KL_CHOICES:
+            expected = torch.zeros(6, dtype=torch.float64)
+            for a in range(6):
+                logp_all = torch.log_softmax(z, -1)  # [6] a fresh graph per sampled token
+                loss_t, _ = grpo.kl_term(logp_all[a:a + 1], ref_all[a:a + 1], kind, clamp=50.0,
+                                         kl_forward=true_kl(logp_all, ref_all, "forward")[None],
+                                         kl_reverse=true_kl(logp_all, ref_all, "reverse")[None])
+                expected += logp_all[a].exp().item() * torch.autograd.grad(loss_t.sum(), z)[0]
+            want = torch.autograd.grad(true_kl(torch.log_softmax(z, -1), ref_all, kind.split("-")[0]), z)[0]
+            torch.testing.assert_close(expected, want, atol=1e-10, rtol=0, msg=f"{kind}, seed {seed}")
 
 
 def test_grpo_loss_adds_kl_and_entropy_per_token():
@@ -201,18 +276,19 @@ def test_grpo_loss_adds_kl_and_entropy_per_token():
     adv = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
     entropy = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
     weights = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
-    cfg = grpo.Config(kl="reverse-k1", kl_coef=0.1, entropy_coef=0.01)
-    loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, cfg, entropy=entropy, ref_logp=KL_REF)
-    # per token: -A + 0.1 * [0.5, -1, 0] - 0.01 * [2, 1, 0] = [-0.97, 0.89, -0.5]
-    assert loss.item() == pytest.approx(0.5 * -0.97 + 0.25 * 0.89 + 0.25 * -0.5)
-    assert metrics["kl"] == pytest.approx(-0.5) and metrics["entropy"] == pytest.approx(3.0)
+    clip = dict(eps_low=0.2, eps_high=0.2)
+    loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, entropy=entropy, entropy_coef=0.01,
+                                   ref_logp=KL_REF, kl="reverse-k2", kl_coef=0.1, **clip)
+    # per token: -A + 0.1 * [0.125, 0.5, 0] - 0.01 * [2, 1, 0] = [-1.0075, 1.04, -0.5]; logged: k3's value
+    assert loss.item() == pytest.approx(0.5 * -1.0075 + 0.25 * 1.04 + 0.25 * -0.5)
+    assert metrics["kl"] == pytest.approx(sum(K3)) and metrics["entropy"] == pytest.approx(3.0)
     # forward-exact takes the per-position KL from token_stats as it is: [-1, 1, -0.5] + 0.1 * [0.3, 0.2, 0.1]
-    cfg = grpo.Config(kl="forward-exact", kl_coef=0.1)
-    kl_exact = torch.tensor([0.3, 0.2, 0.1], dtype=torch.float64)
-    loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, cfg, ref_logp=KL_REF, kl_exact=kl_exact)
+    kl_forward = torch.tensor([0.3, 0.2, 0.1], dtype=torch.float64)
+    loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, ref_logp=KL_REF, kl="forward-exact", kl_coef=0.1,
+                                   kl_forward=kl_forward, kl_reverse=-kl_forward, **clip)
     assert loss.item() == pytest.approx(0.5 * -0.97 + 0.25 * 1.02 + 0.25 * -0.49)
-    assert metrics["kl"] == pytest.approx(0.6) and "entropy" not in metrics
-    loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, grpo.Config(kl_coef=0.0), ref_logp=None)
+    assert metrics["kl"] == pytest.approx(0.6) and "entropy" not in metrics and metrics["kl_clamped"] == 0
+    loss, metrics = grpo.grpo_loss(KL_LOGP, KL_LOGP, adv, weights, ref_logp=None, **clip)
     assert loss.item() == pytest.approx(-(0.5 - 0.25 + 0.125)) and "kl" not in metrics
 
 
@@ -252,7 +328,8 @@ def naive_stats(h, W, y, T, ref_h=None, ref_W=None, phi=None):
         ref = torch.softmax(ref_h.double() @ ref_W.double().T / T, dim=-1) ** phi.double()[:, None]  # [N, V]
         ref = ref / ref.sum(-1, keepdim=True)
         out["ref_logp"] = ref[torch.arange(len(y)), y].log()
-        out["kl_exact"] = (ref * (ref.log() - p.log())).sum(-1)
+        out["kl_forward"] = (ref * (ref.log() - p.log())).sum(-1)
+        out["kl_reverse"] = (p * (p.log() - ref.log())).sum(-1)
     return out
 
 
@@ -271,9 +348,9 @@ def test_temperature_and_forward_kl_match_a_naive_reference():
     for T in (1.0, 0.6, 1.7):
         s = grpo.token_stats(h, W, y, T, chunk_size=4, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
         naive = naive_stats(h, W, y, T, ref_h, ref_W, phi)
-        for name in ("logp", "entropy", "ref_logp", "kl_exact"):
+        for name in ("logp", "entropy", "ref_logp", "kl_forward", "kl_reverse"):
             torch.testing.assert_close(s[name].double(), naive[name], atol=1e-5, rtol=1e-5, msg=f"{name} at T={T}")
-        assert (s["kl_exact"] >= 0).all()
+        assert (s["kl_forward"] >= 0).all() and (s["kl_reverse"] >= 0).all()
 
 
 def test_reference_reweighting_phi():
@@ -285,11 +362,11 @@ def test_reference_reweighting_phi():
     ref_logp = torch.log_softmax(ref_h @ ref_W.T / T, -1)[torch.arange(n), y]
     torch.testing.assert_close(plain["ref_logp"], ref_logp)
     torch.testing.assert_close(ones["ref_logp"], ref_logp)
-    torch.testing.assert_close(ones["kl_exact"], plain["kl_exact"])
+    torch.testing.assert_close(ones["kl_forward"], plain["kl_forward"])
     uniform = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W, ref_phi=torch.zeros(n))
     torch.testing.assert_close(uniform["ref_logp"], torch.full((n,), -math.log(V)))
     logp_all = torch.log_softmax(h @ W.T / T, -1)  # KL(uniform || pi) = -log V - mean_v log pi(v)
-    torch.testing.assert_close(uniform["kl_exact"], -math.log(V) - logp_all.mean(-1))
+    torch.testing.assert_close(uniform["kl_forward"], -math.log(V) - logp_all.mean(-1))
 
 
 def test_forward_kl_gradient_is_minus_expected_score_under_the_reference():
@@ -308,7 +385,7 @@ def test_forward_kl_gradient_is_minus_expected_score_under_the_reference():
     ref_probs = torch.softmax(ref_h @ ref_W.T / T, -1) ** phi[:, None]  # [N, V] ref^phi / Z
     ref_probs = ref_probs / ref_probs.sum(-1, keepdim=True)
     for i in range(len(y)):
-        grad_h, grad_W = torch.autograd.grad(s["kl_exact"][i], (h, W), retain_graph=True)
+        grad_h, grad_W = torch.autograd.grad(s["kl_forward"][i], (h, W), retain_graph=True)
         expected_h, expected_W = torch.zeros_like(h), torch.zeros_like(W)
         for v in range(W.shape[0]):
             score_h, score_W = torch.autograd.grad(torch.log_softmax(h[i] @ W.T / T, -1)[v], (h, W))
@@ -319,22 +396,23 @@ def test_forward_kl_gradient_is_minus_expected_score_under_the_reference():
 
     z = (h @ W.T).detach().requires_grad_()  # [N, V] policy logits
     s = stats_from_logits(z, y.tolist(), T, ref_hidden=ref_h @ ref_W.T, ref_phi=phi)
-    (grad_z,) = torch.autograd.grad(s["kl_exact"].sum(), z)
+    (grad_z,) = torch.autograd.grad(s["kl_forward"].sum(), z)
     torch.testing.assert_close(grad_z, (torch.softmax(z / T, -1) - ref_probs).detach() / T, atol=1e-6, rtol=1e-5)
 
 
 def combine(stats, mix):
-    return (mix[0] * stats["logp"] + mix[1] * stats["entropy"] + mix[2] * stats["kl_exact"]).sum()
+    return (mix[0] * stats["logp"] + mix[1] * stats["entropy"] + mix[2] * stats["kl_forward"]
+            + mix[3] * stats["kl_reverse"]).sum()
 
 
 def test_chunked_and_unchunked_agree_in_values_and_gradients():
     """chunk_size=3 (checkpointed chunks, a ragged last one) vs one chunk vs the naive float64 reference, at T=0.6.
 
-    The scalar combines logp, entropy and kl_exact with random per-position weights; gradients w.r.t. the hidden
+    The scalar combines logp, entropy and both exact KLs with random per-position weights; gradients w.r.t. the hidden
     states and the head. The reference inputs carry no gradient (as in training), and stay so.
     """
     h, W, y, ref_h, ref_W, phi = random_case(n=10)
-    mix = torch.randn(3, len(y), generator=torch.Generator().manual_seed(5))
+    mix = torch.randn(4, len(y), generator=torch.Generator().manual_seed(5))
     results = []
     for chunk in (3, 10, 64):
         s = grpo.token_stats(h, W, y, 0.6, chunk, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
@@ -342,7 +420,7 @@ def test_chunked_and_unchunked_agree_in_values_and_gradients():
     naive = naive_stats(h, W, y, 0.6, ref_h, ref_W, phi)
     naive["grads"] = torch.autograd.grad(combine(naive, mix.double()), (h, W))
     for r in results[1:] + [naive]:
-        for name in ("logp", "entropy", "ref_logp", "kl_exact"):
+        for name in ("logp", "entropy", "ref_logp", "kl_forward", "kl_reverse"):
             torch.testing.assert_close(results[0][name].double(), r[name].double(), atol=1e-5, rtol=1e-5)
         for g0, g in zip(results[0]["grads"], r["grads"]):
             torch.testing.assert_close(g0.double(), g.double(), atol=1e-5, rtol=1e-5)

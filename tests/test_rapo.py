@@ -34,10 +34,10 @@ def forward_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 def test_phi_one_is_the_plain_forward_kl():
     s, logits, ref_logits = stats_with_reference(torch.ones(6))
     expected = forward_kl(torch.log_softmax(ref_logits, -1), torch.log_softmax(logits, -1))
-    assert torch.allclose(s["kl_exact"], expected, atol=1e-6, rtol=0)
+    assert torch.allclose(s["kl_forward"], expected, atol=1e-6, rtol=0)
     assert expected.min() > 0.1, "policy and reference differ: a KL of zero would prove nothing"
     default, _, _ = stats_with_reference(None)  # no phi given: the plain reference
-    assert torch.equal(default["kl_exact"], s["kl_exact"])
+    assert torch.equal(default["kl_forward"], s["kl_forward"])
 
 
 def test_phi_to_zero_is_the_uniform_distribution():
@@ -45,16 +45,16 @@ def test_phi_to_zero_is_the_uniform_distribution():
     V = logits.shape[1]
     assert torch.allclose(s["ref_logp"], torch.full((6,), -math.log(V)), atol=1e-4, rtol=0)
     uniform = torch.full_like(logits, -math.log(V))
-    assert torch.allclose(s["kl_exact"], forward_kl(uniform, torch.log_softmax(logits, -1)), atol=1e-4, rtol=0)
+    assert torch.allclose(s["kl_forward"], forward_kl(uniform, torch.log_softmax(logits, -1)), atol=1e-4, rtol=0)
 
 
 def test_phi_per_position_is_the_reference_at_temperature_one_over_phi():
     phi = torch.tensor([1.0, 0.5, 0.5, 0.25, 1.0, 0.75])  # one value per position, as train() passes them
     s, logits, ref_logits = stats_with_reference(phi)
     ref_hat = torch.log_softmax(ref_logits * phi[:, None], -1)  # [6, 11] ref^phi / Z = softmax(ref_logits * phi)
-    assert torch.allclose(s["kl_exact"], forward_kl(ref_hat, torch.log_softmax(logits, -1)), atol=1e-5, rtol=0)
+    assert torch.allclose(s["kl_forward"], forward_kl(ref_hat, torch.log_softmax(logits, -1)), atol=1e-5, rtol=0)
     plain, _, _ = stats_with_reference(torch.ones(6))
-    assert (s["kl_exact"] - plain["kl_exact"])[phi < 1].abs().min() > 1e-3, "phi < 1 must change the KL"
+    assert (s["kl_forward"] - plain["kl_forward"])[phi < 1].abs().min() > 1e-3, "phi < 1 must change the KL"
 
 
 def test_prop33_gradient_ascent_reaches_the_root_and_leaves_the_support():
