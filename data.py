@@ -279,17 +279,21 @@ def mine_hard(engine, tokenizer, problems: list[Problem], reward_fn, cache: str 
 
 
 def candidate_prefixes(solution: str, max_fraction: float = 0.25, n_candidates: int = 4) -> list[str]:
-    """Line-based prefixes of an oracle solution, shortest first: the first ceil(f * L) of its L lines for
-    f = max_fraction * (1/n, 2/n, ..., 1), deduplicated. Lines, 4 lengths and 25% are spec §2.4's reading of the
-    POPE write-ups ("progressively longer prefixes, up to a quarter the length of the solution"); the unit and the
-    count were not published.
+    """Line-based prefixes of an oracle solution, shortest first: the first floor(f * L) of its L lines for
+    f = max_fraction * (1/n, 2/n, ..., 1), deduplicated, so no prefix holds more than `max_fraction` of the lines.
+    One line is the minimum: a solution shorter than 1 / max_fraction lines (4 at 25%) gets its first line as the
+    only candidate, more than the fraction. Lines, 4 lengths and 25% are spec §2.4's reading of the POPE write-ups
+    ("progressively longer prefixes, up to a quarter the length of the solution"); the unit and the count were not
+    published.
 
     >>> candidate_prefixes("a\\nb\\nc\\nd\\ne\\nf\\ng\\nh", max_fraction=0.25, n_candidates=4)
     ['a', 'a\\nb']
+    >>> candidate_prefixes("a\\nb\\nc\\nd\\ne", max_fraction=0.25)   # 5 lines: 1 line (20%), never 2 (40%)
+    ['a']
     """
     lines = [line for line in solution.split("\n") if line.strip()]
-    counts = sorted({max(1, math.ceil(max_fraction * (j + 1) / n_candidates * len(lines)))
-                     for j in range(n_candidates)})
+    counts = sorted({max(1, math.floor(max_fraction * (j + 1) / n_candidates * len(lines) + 1e-9))
+                     for j in range(n_candidates)})  # + 1e-9: 0.25 * 4 / 4 * 8 must give 2, not 1.999...
     return ["\n".join(lines[:m]) for m in counts if m < len(lines)]
 
 

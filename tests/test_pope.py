@@ -70,13 +70,13 @@ def solvable_from(lines_needed: dict[str, int]):
 def test_prefix_search_returns_the_shortest_solvable_candidate(tiny_model, engine, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     hard = [problem(1), problem(2), problem(3), data.Problem("p4", "no solution", "4")]
-    # 40 lines -> candidates of 3, 5, 8 and 10 lines (ceil(0.25 * j / 4 * 40))
-    reward_fn = solvable_from({"p1": 3, "p2": 6, "p3": 99, "p4": 1})
+    # 40 lines -> candidates of 2, 5, 7 and 10 lines (floor(0.25 * j / 4 * 40): never more than 25%)
+    reward_fn = solvable_from({"p1": 2, "p2": 6, "p3": 99, "p4": 1})
     found = data.find_prefixes(engine, tok, hard, reward_fn, tmp_path / "prefixes.jsonl", k=2, max_tokens=4)
-    assert (found["p1"]["lines"], found["p1"]["solvable"]) == (3, True)
-    assert (found["p2"]["lines"], found["p2"]["solvable"]) == (8, True)  # 5 lines is too short, 8 is the next
+    assert (found["p1"]["lines"], found["p1"]["solvable"]) == (2, True)
+    assert (found["p2"]["lines"], found["p2"]["solvable"]) == (7, True)  # 5 lines is too short, 7 is the next
     assert (found["p3"]["lines"], found["p3"]["solvable"]) == (10, False)  # fallback: the longest candidate
-    assert found["p1"]["prefix"] == "\n".join(problem(1).solution.split("\n")[:3])
+    assert found["p1"]["prefix"] == "\n".join(problem(1).solution.split("\n")[:2])
     assert "p4" not in found  # no oracle solution, no guided copy
     dropped = data.find_prefixes(engine, tok, hard[2:3], reward_fn, tmp_path / "drop.jsonl", k=2, max_tokens=4,
                                  fallback="drop")
@@ -112,14 +112,14 @@ def test_mining_and_prefix_search_resume_without_redoing_finished_problems(tiny_
     rows = [json.loads(line) for line in (tmp_path / "mine.jsonl.rank0").read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == [f"p{i}" for i in range(6)]  # each problem recorded exactly once
 
-    # p0-p2 are solved by the first (3-line) candidate; p3-p5 need 6 lines, i.e. the third round (8 lines)
-    reward_fn = solvable_from({p.id: 3 if int(p.id[1:]) < 3 else 6 for p in problems})
+    # p0-p2 are solved by the first (2-line) candidate; p3-p5 need 6 lines, i.e. the third round (7 lines)
+    reward_fn = solvable_from({p.id: 2 if int(p.id[1:]) < 3 else 6 for p in problems})
     first = CountingEngine(engine, fail_after=2)  # killed before round 3
     with pytest.raises(KeyboardInterrupt):
         data.find_prefixes(first, tok, problems, reward_fn, tmp_path / "pre.jsonl", k=2, max_tokens=4)
     second = CountingEngine(engine)
     found = data.find_prefixes(second, tok, problems, reward_fn, tmp_path / "pre.jsonl", k=2, max_tokens=4)
-    assert {i: row["lines"] for i, row in found.items()} == {"p0": 3, "p1": 3, "p2": 3, "p3": 8, "p4": 8, "p5": 8}
+    assert {i: row["lines"] for i, row in found.items()} == {"p0": 2, "p1": 2, "p2": 2, "p3": 7, "p4": 7, "p5": 7}
     finished_first = {p.problem for p in problems[:3]}
     sampled_again = {tok.decode(ids) for ids in second.prompts}
     assert len(second.prompts) == 3 * 3  # p3-p5 redo their three rounds
