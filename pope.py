@@ -19,10 +19,12 @@ GRPO is all here, before `grpo.train`:
                       --eval-every steps the unguided hard set's solvability (>= 1 correct in --eval-k samples)
 
 Defaults follow the POPE authors' PipelineRL config (spec/algorithms.md §2.8; read from their code, not confirmed as
-the paper's final runs): group 8, 32 prompts per step, lr 1e-6, AdamW weight decay 0.01, grad-norm clip 0.3,
-temperature 0.8, advantages r - mean (no std), no KL, entropy 1e-4, loss summed over tokens / sequences per step,
-16k-token responses. Two are this project's: clip 0.2/0.2 (the authors' loose [-3, 5] clip suits their asynchronous
-trainer; this one is synchronous) and the prefix search's k = 16 (the paper's value was not published).
+the paper's final runs): group 8, 32 prompts per step, lr 1e-6 decayed by a cosine with no warmup, AdamW weight
+decay 0.01, grad-norm clip 0.3, temperature 0.8, advantages r - mean (no std), no KL, entropy 1e-4, loss summed over
+tokens / sequences per step, 16k-token responses, and their eval sampler (T 0.8, top-p 0.95, top-k 50) for the
+solvability eval, as in evaluate.py. Two are this project's: clip 0.2/0.2 (the authors' loose [-3, 5] clip suits
+their asynchronous trainer; this one is synchronous) and the prefix search's k = 16 (the paper's value was not
+published).
 
 Deliberately left out: asynchronous (PipelineRL-style) rollouts, importance weighting between guided and unguided
 contexts (the authors apply none), and generating oracle solutions (the hard set ships verified ones).
@@ -59,6 +61,8 @@ class PopeConfig(grpo.Config):
     max_new_tokens: int = opt(16384, "response budget (POPE: 16k)")
     max_model_len: int = opt(20000, "vLLM context (POPE trainer seq_length: 20k)")
     lr: float = opt(1e-6, "AdamW learning rate (POPE: 1e-6)")
+    lr_schedule: str = opt("cosine", "constant, or cosine from --lr to 0 over --steps (POPE: cosine, no warmup)",
+                           choices=["constant", "cosine"])
     weight_decay: float = opt(0.01, "AdamW weight decay (POPE: 0.01)")
     max_grad_norm: float = opt(0.3, "gradient-norm clip (POPE: 0.3)")
     adv_std_norm: bool = opt(False, "divide advantages by the group std (POPE: off, r - mean only)")
@@ -70,6 +74,8 @@ class PopeConfig(grpo.Config):
     eval_every: int = opt(10, "every N steps, the unguided hard set's solvability (>= 1 correct in --eval-k)")
     eval_k: int = opt(8, "samples per hard problem for solvability (POPE blog, Figure 2: pass@8)")
     eval_limit: int = opt(256, "hard problems in the solvability eval (0 = all)")
+    eval_top_p: float = opt(0.95, "nucleus sampling of the solvability eval (POPE's eval sampler, as evaluate.py)")
+    eval_top_k: int = opt(50, "top-k sampling of the solvability eval (POPE's eval sampler, as evaluate.py)")
     # POPE's own
     mine: bool = opt(False, "first keep only the problems with 0 correct in --mine-k base-model samples")
     mine_k: int = opt(128, "samples per problem for the hardness filter (POPE: 128)")
