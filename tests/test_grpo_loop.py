@@ -81,22 +81,101 @@ def test_loop_learns_in_the_direction_of_the_reward(tiny_model, engine, tmp_path
         assert fractions[-1] < start * 0.5 and fractions[-1] < 0.01, fractions
 
 
-def make_batch(model_dir, adv_values, n_prompt=5, n_completion=4):
-    """Two sequences of `n_prompt` prompt + `n_completion` completion tokens, for gradient checks."""
-    torch.manual_seed(0)
-    ids = torch.randint(3, 300, (2, n_prompt + n_completion))
-    attention_mask = torch.ones_like(ids, dtype=torch.bool)
-    loss_mask = attention_mask.clone()
-    loss_mask[:, :n_prompt] = False
+def scatter_reward(text: str, prompt) -> float:
+    """A reward in [0, 1] that differs between almost any two texts, so (nearly) every group has a spread."""
+    return (sum(map(ord, text)) % 13) / 12
+
+
+class RecordingEngine:
+    """The shared engine, recording every group `generate` returns (the rollouts `train` trains on)."""
+
+    def __init__(self, engine):
+        self.engine, self.groups = engine, []
+
+    def generate(self, *args, **kwargs):
+        groups = self.engine.generate(*args, **kwargs)
+        self.groups += groups
+        return groups
+
+    def __getattr__(self, name):  # sync_weights, sleep, wake_up: the engine's own
+        return getattr(self.engine, name)
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "sum"])
+def test_a_train_step_does_not_depend_on_the_micro_batch_size(tiny_model, engine, tmp_path, loss_agg):
+    """Same rollouts (same seeds and weights), micro-batches of 1 sequence vs all 32 at once: the same gradient.
+    token_weights must be given the whole step's sequence and token counts, not the micro-batch's."""
+    norms = []
+    for mbs in (1, 32):
+        cfg = tiny_config(tiny_model, tmp_path / f"mbs{mbs}", loss_agg=loss_agg, micro_batch_size=mbs,
+                          entropy_coef=0.01, kl_coef=0.1, max_new_tokens=12)
+        history = grpo.train(cfg, tiny_prompts(tiny_model), scatter_reward, engine=engine)
+        norms.append(history[0]["grad_norm"])
+    assert norms[0] > 1e-3, norms
+    assert norms[0] == pytest.approx(norms[1], rel=1e-5), norms
+
+
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_trainer_scores_what_vllm_sampled_at_the_sampling_temperature(tiny_model, engine, tmp_path, minibatches):
+    """At T = 0.7, over two steps (the second after a weight sync), the trainer's logprobs of the sampled tokens at
+    the rollout weights equal vLLM's: with --minibatches 2 these are pi_old, computed before the first update."""
+    cfg = tiny_config(tiny_model, tmp_path, steps=2, temperature=0.7, minibatches=minibatches, lr=1e-3)
+    history = grpo.train(cfg, tiny_prompts(tiny_model), scatter_reward, engine=engine)
+    assert [h["logprob_gap_max"] < 1e-4 for h in history] == [True, True], history
+    assert all(h["logprob_gap_mean"] > 0 for h in history), "the gap must be measured"
+
+
+def test_ppo_ratio_uses_pi_old_and_the_clip_acts_with_two_minibatches(tiny_model, engine, tmp_path):
+    """With --minibatches 2 the second minibatch is scored by updated weights against pi_old from the rollout: under
+    a large learning rate its ratios leave [0.8, 1.2] and the clip acts. (With pi_old = pi the ratio is always 1.)"""
+    cfg = tiny_config(tiny_model, tmp_path, minibatches=2, lr=5e-2, group_size=4, max_new_tokens=12)
+    [m] = grpo.train(cfg, tiny_prompts(tiny_model), scatter_reward, engine=engine)
+    assert m["clip_frac_pos_adv"] + m["clip_frac_neg_adv"] > 0.01, m
+    cfg = tiny_config(tiny_model, tmp_path / "one", minibatches=1, lr=5e-2, group_size=4, max_new_tokens=12)
+    [m] = grpo.train(cfg, tiny_prompts(tiny_model), scatter_reward, engine=engine)
+    assert m["clip_frac_pos_adv"] + m["clip_frac_neg_adv"] == 0, "one minibatch: the ratio is exactly 1"
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_each_sample_moves_with_its_own_advantage(tiny_model, engine, tmp_path, sign):
+    """One small step on groups of 2: within every group, the sample with the higher reward gains log-probability
+    relative to the other (the first-order effect of any descent step on -sum_i A_i log pi(y_i) with A = +-a), in
+    both directions of the reward. Advantages attached to the wrong samples break this for some group."""
+    recorder = RecordingEngine(engine)
+    reward_fn = scatter_reward if sign > 0 else (lambda text, prompt: 1 - scatter_reward(text, prompt))
+    cfg = tiny_config(tiny_model, tmp_path, prompts_per_step=8, group_size=2, lr=1e-4, max_new_tokens=12)
+    grpo.train(cfg, tiny_prompts(tiny_model), reward_fn, engine=recorder)
+    after_dir = str(grpo.latest_checkpoint(tmp_path) / "hf")
+    checked = 0
+    for group in recorder.groups:
+        before = [lp.sum().item() for lp in trainer_logprobs(tiny_model, group, 1.0)]
+        after = [lp.sum().item() for lp in trainer_logprobs(after_dir, group, 1.0)]
+        rewards = [reward_fn(s.text, None) for s in group]
+        if rewards[0] == rewards[1]:
+            continue
+        hi, lo = (0, 1) if rewards[0] > rewards[1] else (1, 0)
+        assert (after[hi] - before[hi]) - (after[lo] - before[lo]) > 0, (rewards, before, after)
+        checked += 1
+    assert checked >= 5
+
+
+def prompt_and_completion_batch(model_dir):
+    """Three sequences of different prompt and completion lengths (so right padding), through `batch_tensors`."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(5, 4), (3, 6), (7, 2)]  # (prompt tokens, completion tokens)
+    seqs = [dict(ids=torch.randint(3, 300, (p + c,), generator=g).tolist(), n_prompt=p) for p, c in shapes]
+    ids, attention_mask, loss_mask = grpo.batch_tensors(seqs, "cpu")  # [3, 10] each
     model = grpo.Scorer(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
-    adv = torch.tensor(adv_values).repeat_interleave(n_completion)
-    return model, ids, attention_mask, loss_mask, adv
+    return model, seqs, ids, attention_mask, loss_mask
 
 
-def test_prompt_tokens_get_zero_gradient(tiny_model):
-    """The loss does not depend on the outputs at prompt positions: their gradient is exactly zero."""
-    model, ids, attention_mask, loss_mask, adv = make_batch(tiny_model, [1.0, -0.5])
-    cfg = grpo.Config(entropy_coef=0.1)
+def test_only_completion_tokens_carry_loss_through_batch_tensors(tiny_model):
+    """The loss mask from `batch_tensors` is True exactly at completion tokens; the loss's gradient w.r.t. the
+    final hidden states is zero at every position that predicts a prompt token or padding, nonzero elsewhere."""
+    model, seqs, ids, attention_mask, loss_mask = prompt_and_completion_batch(tiny_model)
+    for row, s in zip(loss_mask.tolist(), seqs):
+        assert row == [False] * s["n_prompt"] + [True] * (len(s["ids"]) - s["n_prompt"]) + [False] * (
+            len(row) - len(s["ids"]))
     captured = {}
 
     def keep_hidden(module, args, output):  # the final hidden states, all positions [b, S, H]
@@ -105,32 +184,29 @@ def test_prompt_tokens_get_zero_gradient(tiny_model):
 
     model.lm.model.register_forward_hook(keep_hidden)
     stats = model(ids, attention_mask, loss_mask, 1.0, 3)
-    weights = grpo.token_weights(loss_mask[:, 1:].sum(1), "token-mean", 2, len(adv), 8)
-    loss, _ = grpo.grpo_loss(stats["logp"], stats["logp"].detach(), adv, weights, cfg, entropy=stats["entropy"])
+    lens = loss_mask.sum(1)  # [b] as train() computes them
+    adv = torch.repeat_interleave(torch.tensor([1.0, -0.5, 2.0]), lens)  # [N]
+    weights = grpo.token_weights(lens, "token-mean", 3, int(lens.sum()), 8)
+    loss, _ = grpo.grpo_loss(stats["logp"], stats["logp"].detach(), adv, weights, eps_low=0.2, eps_high=0.2,
+                             entropy=stats["entropy"], entropy_coef=0.1)
     loss.backward()
-    grad = captured["h"].grad  # [b, S, H]; position j predicts token j + 1
-    predicts_prompt = ~loss_mask[:, 1:]  # [b, S-1]
-    assert grad[:, :-1][predicts_prompt].abs().max() == 0
-    assert grad[:, :-1][~predicts_prompt].abs().max() > 0
-    assert grad[:, -1].abs().max() == 0  # the last position predicts nothing
-
-    # Perturbing the prompt tokens' own loss terms changes nothing either: a different prompt-only mask is the same.
-    grads_a = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    stats = model(ids, attention_mask, loss_mask, 1.0, 3)
-    loss2, _ = grpo.grpo_loss(stats["logp"], stats["logp"].detach(), adv, weights, cfg, entropy=stats["entropy"])
-    loss2.backward()
-    assert all(torch.equal(a, p.grad) for a, p in zip(grads_a, model.parameters()))
+    grad = captured["h"].grad.abs().sum(-1)  # [b, S]; position j predicts token j + 1
+    predicts_completion = loss_mask[:, 1:]  # [b, S-1]
+    assert grad[:, :-1][~predicts_completion].max() == 0
+    assert grad[:, :-1][predicts_completion].min() > 0
+    assert grad[:, -1].max() == 0  # the last position predicts nothing
 
 
 def test_group_with_equal_rewards_contributes_zero_gradient(tiny_model):
     rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
     for std_norm in (True, False):
         assert grpo.group_advantages(rewards, std_norm, 1e-6).abs().max() == 0
-    model, ids, attention_mask, loss_mask, adv = make_batch(tiny_model, [0.0, 0.0])
+    model, seqs, ids, attention_mask, loss_mask = prompt_and_completion_batch(tiny_model)
     stats = model(ids, attention_mask, loss_mask, 1.0, 1024)
-    weights = grpo.token_weights(loss_mask[:, 1:].sum(1), "token-mean", 2, len(adv), 8)
-    loss, _ = grpo.grpo_loss(stats["logp"], stats["logp"].detach(), adv, weights, grpo.Config())
+    lens = loss_mask.sum(1)
+    weights = grpo.token_weights(lens, "token-mean", 3, int(lens.sum()), 8)
+    loss, _ = grpo.grpo_loss(stats["logp"], stats["logp"].detach(), torch.zeros(int(lens.sum())), weights,
+                             eps_low=0.2, eps_high=0.2)
     loss.backward()
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.parameters())
 

@@ -162,6 +162,19 @@ def test_radicals_constants_functions(pred, gold, expected):
     assert is_equiv(pred, gold) is expected
 
 
+@pytest.mark.parametrize("irrational, rational", [
+    ("\\pi", "\\frac{355}{113}"),  # relative difference 8.5e-8
+    ("\\sqrt{2}", "\\frac{99}{70}"),  # 5.1e-5
+    ("\\sqrt{10001}", "100"),  # 5.0e-5
+    ("\\pi", "3.1416"),  # a 5-digit decimal is not pi either
+])
+def test_near_miss_irrationals_score_zero(irrational, rational):
+    """A rational close to an irrational is a different answer: no relative tolerance may pass these, either way."""
+    assert not is_equiv(irrational, rational) and not is_equiv(rational, irrational)
+    assert reward.math_reward(f"\\boxed{{{rational}}}", irrational) == 0.0
+    assert reward.math_reward(f"\\boxed{{{irrational}}}", irrational) == 1.0
+
+
 @pytest.mark.parametrize("pred, gold, expected", [
     ("x^2 + 2*x + 1", "(x+1)^2", True), ("x^3 + 2x + 1", "x^2+2x+1", False),
     ("\\frac{x}{7}+\\frac{2}{7}", "\\frac{x+2}{7}", True), ("\\frac{x}{8}+\\frac{2}{7}", "\\frac{x+2}{7}", False),
