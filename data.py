@@ -14,8 +14,7 @@ field; an empty file is an error too. Nothing is dropped silently.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # The system prompt of the POPE authors' PipelineRL config (conf/pope.yaml: actor.system_prompt), used for guided and
@@ -45,7 +44,6 @@ class Prompt:
     prompt_ids: list[int]
     kind: str = "unguided"  # "unguided" | "guided" (POPE) | any tag the caller wants rewards logged under
     prefix: str = ""  # the oracle prefix inside a guided prompt (empty for unguided)
-    meta: dict = field(default_factory=dict)
 
 
 def load_jsonl(path: str | Path, problem_key: str = "problem", answer_key: str = "answer",
@@ -221,121 +219,3 @@ def make_guided_prompt(tokenizer, problem: Problem, prefix: str, template: str =
     """A POPE guided copy of `problem`: its own group, its own baseline; the prefix lives in the prompt."""
     return Prompt(problem, render(tokenizer, guided_text(problem, prefix, template), system_prompt),
                   kind="guided", prefix=prefix)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# POPE's offline data: the hard set and the minimal sufficient guiding prefixes (spec/algorithms.md §2.3, §2.4).
-# Both sample from the base model through any engine with `generate(prompt_ids, n, temperature, max_tokens, seeds)`
-# (rollout.Engine), score with `reward_fn(text, prompt) -> float`, and append one JSON line per finished problem to
-# a cache: a rerun (or `--resume`) skips what is there. Under torchrun each rank takes problems[rank::world] and
-# writes its own file; every rank then reads all of them.
-
-
-def _read_cache(cache: Path) -> dict[str, dict]:
-    done = {}
-    for part in sorted(cache.parent.glob(cache.name + ".rank*")):
-        lines = part.read_text().splitlines()
-        for line_no, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                if line_no == len(lines):
-                    continue  # a line cut by a kill mid-write: that problem is simply redone
-                raise DataError(f"{part}:{line_no}: corrupt cache line; delete the file to recompute") from None
-            done[row["id"]] = row
-    return done
-
-
-def _sample_correct(engine, prompts: list[Prompt], reward_fn, k: int, temperature: float, max_tokens: int,
-                    seed: int) -> list[int]:
-    """Number of correct answers among k samples of each prompt."""
-    groups = engine.generate([p.prompt_ids for p in prompts], n=k, temperature=temperature, max_tokens=max_tokens,
-                             seeds=[seed + 1_000_003 * i for i in range(len(prompts))])
-    return [sum(reward_fn(s.text, p) > 0 for s in group) for p, group in zip(prompts, groups)]
-
-
-def mine_hard(engine, tokenizer, problems: list[Problem], reward_fn, cache: str | Path, k: int = 128,
-              temperature: float = 1.0, max_tokens: int = 32768, batch_size: int = 64, seed: int = 0,
-              system_prompt: str = DEFAULT_SYSTEM_PROMPT, rank: int = 0, world: int = 1) -> list[Problem]:
-    """The problems the base model never solves: 0 correct in `k` samples (POPE: k=128 at 32k tokens).
-
-    Results go to `cache` as {"id", "correct", "k"} lines, written as each batch finishes; finished problems are
-    skipped on a rerun. Returns the hard problems in input order (all ranks' results, once every rank is done).
-    """
-    cache = Path(cache)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    done = _read_cache(cache)
-    todo = [p for p in problems[rank::world] if p.id not in done]
-    with open(f"{cache}.rank{rank}", "a") as out:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            prompts = [make_prompt(tokenizer, p, system_prompt) for p in batch]
-            for p, c in zip(batch, _sample_correct(engine, prompts, reward_fn, k, temperature, max_tokens, seed)):
-                out.write(json.dumps({"id": p.id, "correct": c, "k": k}) + "\n")
-            out.flush()
-    _barrier()
-    done = _read_cache(cache)
-    return [p for p in problems if p.id in done and done[p.id]["correct"] == 0]
-
-
-def candidate_prefixes(solution: str, max_fraction: float = 0.25, n_candidates: int = 4) -> list[str]:
-    """Line-based prefixes of an oracle solution, shortest first: the first floor(f * L) of its L lines for
-    f = max_fraction * (1/n, 2/n, ..., 1), deduplicated, so no prefix holds more than `max_fraction` of the lines.
-    One line is the minimum: a solution shorter than 1 / max_fraction lines (4 at 25%) gets its first line as the
-    only candidate, more than the fraction. Lines, 4 lengths and 25% are spec §2.4's reading of the POPE write-ups
-    ("progressively longer prefixes, up to a quarter the length of the solution"); the unit and the count were not
-    published.
-
-    >>> candidate_prefixes("a\\nb\\nc\\nd\\ne\\nf\\ng\\nh", max_fraction=0.25, n_candidates=4)
-    ['a', 'a\\nb']
-    >>> candidate_prefixes("a\\nb\\nc\\nd\\ne", max_fraction=0.25)   # 5 lines: 1 line (20%), never 2 (40%)
-    ['a']
-    """
-    lines = [line for line in solution.split("\n") if line.strip()]
-    counts = sorted({max(1, math.floor(max_fraction * (j + 1) / n_candidates * len(lines) + 1e-9))
-                     for j in range(n_candidates)})  # + 1e-9: 0.25 * 4 / 4 * 8 must give 2, not 1.999...
-    return ["\n".join(lines[:m]) for m in counts if m < len(lines)]
-
-
-def find_prefixes(engine, tokenizer, problems: list[Problem], reward_fn, cache: str | Path, k: int = 16,
-                  temperature: float = 0.8, max_tokens: int = 16384, max_fraction: float = 0.25,
-                  n_candidates: int = 4, template: str = "continue", fallback: str = "longest", seed: int = 0,
-                  system_prompt: str = DEFAULT_SYSTEM_PROMPT, rank: int = 0, world: int = 1) -> dict[str, dict]:
-    """POPE's minimal sufficient prefix for each problem: the shortest candidate whose guided prompt gets at least
-    one correct answer in `k` samples (spec §2.4: k=16 at T=0.8 and 16k tokens, this project's reading).
-
-    When no candidate works, `fallback` decides: "longest" keeps the longest candidate (~25%; the fallback in the
-    POPE summaries, so the guided:unguided mixture stays 1:1), "drop" gives the problem no guided copy.
-    Returns {id: {"prefix": str | None, "lines": int, "solvable": bool}}; problems without a solution are absent.
-    Candidates are tried in rounds (all problems' shortest first, then the next ...), one batched generate a round.
-    """
-    cache = Path(cache)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    done = _read_cache(cache)
-    todo = {p.id: (p, candidate_prefixes(p.solution, max_fraction, n_candidates))
-            for p in problems[rank::world] if p.solution and p.id not in done}
-    todo = {i: v for i, v in todo.items() if v[1]}  # a one-line solution has no proper prefix
-    with open(f"{cache}.rank{rank}", "a") as out:
-        for j in range(n_candidates):
-            live = [(p, cands[j]) for p, cands in todo.values() if j < len(cands)]
-            prompts = [make_guided_prompt(tokenizer, p, prefix, template, system_prompt) for p, prefix in live]
-            correct = _sample_correct(engine, prompts, reward_fn, k, temperature, max_tokens, seed + j) if live else []
-            for (p, prefix), c in zip(live, correct):
-                last = j == len(todo[p.id][1]) - 1
-                if c > 0 or last:
-                    keep = prefix if c > 0 or fallback == "longest" else None
-                    out.write(json.dumps({"id": p.id, "prefix": keep, "lines": prefix.count("\n") + 1 if keep else 0,
-                                          "solvable": c > 0}) + "\n")
-                    del todo[p.id]
-            out.flush()
-    _barrier()
-    wanted = {p.id for p in problems}
-    return {i: row for i, row in _read_cache(cache).items() if i in wanted}
-
-
-def _barrier() -> None:
-    """Wait for every rank (under torchrun) so all cache files are complete before anyone reads them."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

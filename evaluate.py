@@ -58,11 +58,12 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
+from transformers import AutoTokenizer
 
 import data
-import grpo
 import reward
-from grpo import ConfigError, opt
+from common import (ConfigError, check_model_path, compute_dtype, init_distributed, opt, parse_config, reduce_sums,
+                    request_seed)
 from rollout import Engine
 
 
@@ -157,11 +158,26 @@ def sample_scores(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: l
     for start in tqdm(range(0, len(mine), per_call), disable=not progress, desc="sampling", leave=False):
         idx = mine[start:start + per_call]
         groups = engine.generate([prompts[i].prompt_ids for i in idx], n=n, temperature=temperature,
-                                 max_tokens=max_tokens, seeds=[grpo.request_seed(seed, i) for i in idx],
+                                 max_tokens=max_tokens, seeds=[request_seed(seed, i) for i in idx],
                                  top_p=top_p, top_k=top_k)
         flat = pool.map(reward_fn, [(s.text, prompts[i]) for i, group in zip(idx, groups) for s in group])
         scores[start:start + len(idx)] = np.array(flat).reshape(len(idx), n)
     return scores
+
+
+def solvability(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: list[data.Prompt], k: int,
+                temperature: float, max_tokens: int, seed: int, top_p: float, top_k: int, rank: int, world: int,
+                device) -> dict[str, float]:
+    """The trainer's periodic evaluation: the fraction of `prompts` with at least one correct answer in k samples
+    (POPE's solvability), and the unbiased pass@j of the same samples at j = 1, 2, 4, ... <= k, over all ranks."""
+    scores = sample_scores(engine, pool, reward_fn, prompts, k, temperature, max_tokens, seed=seed, rank=rank,
+                           world=world, top_p=top_p, top_k=top_k)  # [P_local, k], prompts[rank::world]
+    correct = (scores > 0).sum(1)  # [P_local]
+    ks = powers_of_two(k)
+    sums = reduce_sums({"solved": float((correct > 0).sum()), "n": float(len(scores)),
+                        **{f"pass@{j}": sum(pass_at_k(k, int(c), j) for c in correct) for j in ks}}, device)
+    return {f"eval_solvable_at_{k}": sums["solved"] / sums["n"],
+            **{f"eval_pass_at_{j}": sums[f"pass@{j}"] / sums["n"] for j in ks}}
 
 
 def unshard(parts: list[np.ndarray]) -> np.ndarray:
@@ -215,14 +231,12 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
     `engine` reuses a running vLLM engine serving cfg.model (by default one is started); `reward_fn(text, prompt)`.
     """
     ks = check_config(cfg)
-    grpo.check_model_path(cfg.model)
+    check_model_path(cfg.model)
     names = list(dict.fromkeys(b.strip() for b in cfg.benchmarks.split(",") if b.strip()))
     if not names:
         raise ConfigError("--benchmarks is empty: name at least one (e.g. aime-2025)")
     problems = {name: load_benchmark(name, cfg.limit) for name in names}
-    rank, world, device = grpo.init_distributed()
-    from transformers import AutoTokenizer
-
+    rank, world, device = init_distributed()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     prompts = {name: [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in ps] for name, ps in problems.items()}
     needed = max(len(p.prompt_ids) for ps in prompts.values() for p in ps) + cfg.max_new_tokens
@@ -230,7 +244,7 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
     if needed > context:
         raise ConfigError(f"the longest prompt plus --max-new-tokens {cfg.max_new_tokens} is {needed} tokens, more "
                           f"than the engine's context of {context}: raise --max-model-len or lower --max-new-tokens")
-    engine = engine or Engine(cfg.model, dtype=str(grpo.compute_dtype(cfg)).removeprefix("torch."),
+    engine = engine or Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
                               max_model_len=context, seed=cfg.seed,
                               gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                               kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, distributed=world > 1)
@@ -240,10 +254,10 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
         for name, ps in prompts.items():
             t0, failures_before = time.perf_counter(), pool.failures
             local = sample_scores(engine, pool, reward_fn, ps, cfg.n_samples, cfg.temperature, cfg.max_new_tokens,
-                                  seed=grpo.request_seed(cfg.seed, zlib.crc32(name.encode())), rank=rank,
+                                  seed=request_seed(cfg.seed, zlib.crc32(name.encode())), rank=rank,
                                   world=world, top_p=cfg.top_p, top_k=cfg.top_k,
                                   samples_per_call=cfg.samples_per_call, progress=rank == 0)
-            failures = int(grpo.reduce_sums({"f": pool.failures - failures_before}, device)["f"])
+            failures = int(reduce_sums({"f": pool.failures - failures_before}, device)["f"])
             results["benchmarks"][name] = summarize(problems[name], gather_rows(local, world), ks, failures)
             if rank == 0:
                 print(f"{name}: {len(ps)} problems x {cfg.n_samples} samples in {time.perf_counter() - t0:.0f}s, "
@@ -347,7 +361,7 @@ def compare_table(runs: dict[str, dict]) -> str:
 
 def plot_pass_at_k(runs: dict[str, dict], png: Path) -> None:
     """pass@k against k on a log2 axis, one panel per benchmark, one line per run (like RAPO's Figure 3)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # here: matplotlib is needed only to draw, and slow to import
 
     names = list(dict.fromkeys(name for r in runs.values() for name in r["benchmarks"]))
     fig = Figure(figsize=(4.5 * len(names), 3.8), layout="constrained")
@@ -387,7 +401,7 @@ def load_metrics(path: str) -> list[dict]:
 def plot_training(metrics_path: str, png: Path) -> list[str]:
     """Reward (guided vs unguided), unguided solvability, entropy and response length over steps (like POPE's
     Figure 2), from grpo.train's metrics.jsonl. Returns a note for each series the file does not have."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # here: matplotlib is needed only to draw, and slow to import
 
     rows = load_metrics(metrics_path)
     keys = set().union(*rows)
@@ -465,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         if any(a.split("=")[0] in ("--compare", "--plot", "--plot-metrics") for a in argv):
             report(argv)
         else:
-            run(grpo.parse_config(EvalConfig, argv))
+            run(parse_config(EvalConfig, argv))
     except (ConfigError, data.DataError) as e:
         sys.exit(f"error: {e}")
 

@@ -3,8 +3,9 @@
     python grpo.py --model Qwen/Qwen3-4B-Instruct-2507 --data train.jsonl          # one process
     torchrun --nproc_per_node=8 grpo.py --model Qwen/Qwen3-4B-Instruct-2507 --data train.jsonl
 
-One step: sample prompts -> vLLM rollouts (a group of G per prompt) -> rewards -> group advantages -> clipped
-policy-gradient loss on the trainer model -> optimizer step -> push the new weights into vLLM -> log.
+One step (`train`, read top to bottom): sample prompts -> vLLM rollouts (a group of G per prompt) -> rewards -> group
+advantages, the sequences as tensors (`make_rollouts`) -> clipped policy-gradient loss and optimizer step(s) on the
+trainer model (`update`) -> push the new weights into vLLM (`sync`) -> metrics over all ranks (`step_metrics`) -> log.
 
 The loss, per completion token t of sequence i (prompt tokens, including a POPE guiding prefix, carry no loss):
 
@@ -32,32 +33,36 @@ vLLM-vs-trainer logprob gap (it is logged every step instead: it is the health m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import data
+import evaluate
 import reward
+from common import (ConfigError, check_model_path, compute_dtype, init_distributed, opt, parse_config, reduce_sums,
+                    request_seed, shutdown)
 from rollout import Engine
-
-
-def opt(default, help: str, **kw):
-    """A config field with its --help text (and optional argparse `choices`)."""
-    return field(default=default, metadata=dict(help=help, **kw))
 
 
 KL_CHOICES = ["reverse-k2", "reverse-exact", "forward-k3", "forward-exact"]  # `kl_term` has the formulas
@@ -134,22 +139,6 @@ class Config:
                          "data.DATASETS (e.g. pope-hard), a .jsonl/.parquet file, or a Hub id (as in evaluate.py)")
     save_every: int = opt(0, "write a checkpoint every this many steps (0 = only after the last step)")
     resume: bool = opt(False, "continue from the latest checkpoint in --out-dir (same config, same world size)")
-
-
-def parse_config(cls, argv=None, **defaults):
-    """Build an argparse parser from a config dataclass (one --kebab-case flag per field) and parse argv."""
-    parser = argparse.ArgumentParser(description=sys.modules[cls.__module__].__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(cls):
-        default = defaults.get(f.name, f.default)
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"),
-                                help=f.metadata["help"])
-    return cls(**vars(parser.parse_args(argv)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,23 +225,36 @@ class Scorer(torch.nn.Module):
     """A causal LM whose forward returns `token_stats` at completion positions only (never the full logits).
 
     Wrapping the HF model in one module makes the whole computation a single forward of the FSDP2 root, so the
-    output embedding is gathered (unsharded) while the chunks use it. `lm` keeps the HF parameter names.
+    output embedding is gathered (unsharded) while the chunks use it. `lm` keeps the HF parameter names. The KL's
+    reference is opt-in: `ref` = (hidden [N, H], head [V, H], phi [N]) from a `Reference` and its output embedding.
     """
 
     def __init__(self, lm):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids, attention_mask, loss_mask, temperature: float, chunk_size: int,
-                ref_hidden=None, ref_head=None, ref_phi=None, hidden_only: bool = False):
-        hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask,
-                               use_cache=False).last_hidden_state  # [b, S, H]
-        mask = loss_mask[:, 1:]  # [b, S-1] True where the next token is a completion token
-        h = hidden[:, :-1][mask]  # [N, H] the states that predict completion tokens (prompt positions dropped)
-        if hidden_only:
-            return h
-        targets = input_ids[:, 1:][mask]  # [N]
-        return token_stats(h, self.lm.lm_head.weight, targets, temperature, chunk_size, ref_hidden, ref_head, ref_phi)
+    def forward(self, input_ids, attention_mask, loss_mask, temperature: float, chunk_size: int, ref=None):
+        h = completion_states(self.lm, input_ids, attention_mask, loss_mask)  # [N, H]
+        targets = input_ids[:, 1:][loss_mask[:, 1:]]  # [N] the completion tokens
+        return token_stats(h, self.lm.lm_head.weight, targets, temperature, chunk_size, *(ref or ()))
+
+
+class Reference(torch.nn.Module):
+    """The frozen reference model (only with a KL term): forward returns its final hidden states at completion
+    positions [N, H]; the policy's forward turns them into logits chunk by chunk, with `head`."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, loss_mask):
+        return completion_states(self.lm, input_ids, attention_mask, loss_mask)
+
+
+def completion_states(lm, input_ids, attention_mask, loss_mask) -> torch.Tensor:
+    """The final hidden states [N, H] that predict completion tokens (position j predicts token j + 1)."""
+    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # [b,S,H]
+    return hidden[:, :-1][loss_mask[:, 1:]]  # [N, H] prompt and padding positions dropped
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -355,129 +357,19 @@ def loss_options(cfg: Config) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Setup helpers
-
-
-class ConfigError(ValueError):
-    """A bad command-line value; the message says what to change."""
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). Under torchrun: one process per GPU (nccl) or per CPU rank (gloo)."""
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    if not dist.is_initialized():  # a caller may have started it already (e.g. to build its own engine first)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def check_model_path(model: str) -> None:
-    """Fail early, in one line, on a --model that is neither a local folder nor a Hub id like 'org/name'."""
-    if not model:
-        raise ConfigError("--model is required (a local HF folder or a Hub id such as Qwen/Qwen3-4B-Instruct-2507)")
-    if Path(model).exists():
-        if not (Path(model) / "config.json").is_file():
-            raise ConfigError(f"--model {model}: the folder has no config.json (not a Hugging Face model folder)")
-        return
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ConfigError(f"--model {model}: no such folder, and not a Hub id of the form org/name")
-
-
-def load_scorer(cfg: Config, device, world: int, trainable: bool) -> Scorer:
-    """The HF model in float32 (master weights), wrapped in `Scorer`; sharded with FSDP2 when world > 1."""
-    from transformers import AutoModelForCausalLM
-
-    lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to(device)
-    if trainable and cfg.grad_checkpointing:
-        lm.gradient_checkpointing_enable()
-    scorer = Scorer(lm).train(trainable).requires_grad_(trainable)
-    if world > 1:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = MixedPrecisionPolicy(param_dtype=compute_dtype(cfg), reduce_dtype=torch.float32)
-        for layer in lm.model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(scorer, mp_policy=mp)  # root: embeddings, final norm and lm_head
-    return scorer
-
-
-def make_engine(cfg: Config, world: int) -> Engine:
-    """The vLLM engine for --model with this config's dtype, context and memory settings (one per rank)."""
-    return Engine(cfg.model, dtype=str(compute_dtype(cfg)).removeprefix("torch."), max_model_len=cfg.max_model_len,
-                  seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                  kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
-                  distributed=world > 1)
-
-
-def compute_dtype(cfg: Config) -> torch.dtype:
-    if cfg.dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, cfg.dtype)
-
-
-def hf_state(scorer: Scorer):
-    """(HF name, tensor) pairs of the policy, in a fixed order (the `Scorer.lm.` prefix stripped)."""
-    return ((name.removeprefix("lm."), t) for name, t in scorer.state_dict().items())
-
-
-def full_tensor(t):
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def request_seed(*parts: int) -> int:
-    """A reproducible vLLM request seed from (seed, step, prompt index); requests' seeds land far apart."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
-
-
-def prompts_for_step(prompts: list, step: int, per_step: int, seed: int) -> list:
-    """The step's prompts: consecutive slices of seeded per-epoch permutations (resumable from the step alone)."""
-    out, start = [], step * per_step
-    for i in range(start, start + per_step):
-        epoch, pos = divmod(i, len(prompts))
-        out.append(prompts[np.random.default_rng([seed, epoch]).permutation(len(prompts))[pos]])
-    return out
-
-
-def batch_tensors(seqs: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded token ids [b, S] of prompt + completion, the attention mask [b, S], and the loss mask [b, S]:
-    True exactly at completion tokens (prompt tokens, a POPE guiding prefix among them, and padding are False)."""
-    width = max(len(s["ids"]) for s in seqs)
-    ids = torch.tensor([s["ids"] + [0] * (width - len(s["ids"])) for s in seqs], device=device)  # [b, S]
-    positions = torch.arange(width, device=device)[None]  # [1, S]
-    length = torch.tensor([len(s["ids"]) for s in seqs], device=device)[:, None]  # [b, 1]
-    n_prompt = torch.tensor([s["n_prompt"] for s in seqs], device=device)[:, None]  # [b, 1]
-    attention_mask = positions < length  # [b, S]
-    return ids, attention_mask, (positions >= n_prompt) & attention_mask
-
-
-def reduce_sums(sums: dict[str, float], device, op=None) -> dict[str, float]:
-    """Add (or max, with op=MAX) metric values over ranks; a no-op in one process."""
-    if not dist.is_initialized() or not sums:
-        return sums
-    t = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return dict(zip(sums, t.tolist()))
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Checkpoints (exact resume) and memory
 
 
-def save_checkpoint(out_dir: Path, step: int, policy: Scorer, optimizer, tokenizer, rank: int) -> Path:
+def save_checkpoint(out_dir: Path, step: int, policy: Scorer, optimizer, model: str, rank: int) -> Path:
     """Write checkpoints/step-N/ and then, last and atomically, the `latest` pointer to it.
 
-    step-N/hf     the model in Hugging Face format (loadable by `vllm serve` and `from_pretrained`), from rank 0
+    step-N/hf     the model in Hugging Face format (loadable by `vllm serve` and `from_pretrained`) with --model's
+                  tokenizer, from rank 0
     step-N/train  model + optimizer state in torch.distributed.checkpoint format (sharded: each rank writes its own)
     step-N/rng-rank{r}.pt, step-N/state.json
     A process killed mid-write leaves a partial step-N/ that `latest` does not name: the previous checkpoint stays
     the one `--resume` uses. Older checkpoints are deleted only after the pointer moved.
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
-
     root = out_dir / "checkpoints"
     path = root / f"step-{step:06d}"
     model_sd, optim_sd = get_state_dict(policy, optimizer)
@@ -488,7 +380,7 @@ def save_checkpoint(out_dir: Path, step: int, policy: Scorer, optimizer, tokeniz
                path / f"rng-rank{rank}.pt")
     if rank == 0:
         policy.lm.save_pretrained(path / "hf", state_dict={k.removeprefix("lm."): v for k, v in full.items()})
-        tokenizer.save_pretrained(path / "hf")
+        AutoTokenizer.from_pretrained(model).save_pretrained(path / "hf")
         (path / "state.json").write_text(json.dumps({"step": step}))
     if dist.is_initialized():
         dist.barrier()  # every rank's shard is on disk before the pointer moves
@@ -498,8 +390,6 @@ def save_checkpoint(out_dir: Path, step: int, policy: Scorer, optimizer, tokeniz
         os.replace(tmp, root / "latest")  # atomic on POSIX: readers see the old or the new name, never half
         for old in root.glob("step-*"):
             if old != path:
-                import shutil
-
                 shutil.rmtree(old)
     return path
 
@@ -512,9 +402,6 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 def load_checkpoint(path: Path, policy: Scorer, optimizer, rank: int) -> int:
     """Restore model, optimizer and RNG state saved by `save_checkpoint`; returns the number of steps done."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
     model_sd, optim_sd = get_state_dict(policy, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path / "train"))
@@ -525,6 +412,20 @@ def load_checkpoint(path: Path, policy: Scorer, optimizer, rank: int) -> int:
     if rng["cuda"] is not None:
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / "state.json").read_text())["step"] + 1
+
+
+def resume(out_dir: Path, policy: Scorer, optimizer, rank: int) -> int:
+    """--resume: load the latest checkpoint; returns the step to continue from. The killed run may have logged steps
+    after its last checkpoint: those lines are dropped, and the steps redone."""
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        raise ConfigError(f"--resume: no checkpoint in {out_dir / 'checkpoints'} (run without --resume first)")
+    start_step = load_checkpoint(path, policy, optimizer, rank)
+    if rank == 0:
+        lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+        (out_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines
+                                                       if json.loads(line)["step"] < start_step))
+    return start_step
 
 
 def memory(device) -> dict[str, float]:
@@ -548,6 +449,243 @@ def print_memory_table(rows: dict[str, dict[str, float]], rank: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Setup
+
+
+def check_config(cfg: Config, world: int) -> None:
+    """Reject settings that cannot work, before anything is loaded."""
+    if cfg.prompts_per_step % world:
+        raise ConfigError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {world} ranks")
+    if cfg.sleep_level and not torch.cuda.is_available():
+        raise ConfigError("--sleep-level frees GPU memory for training; vLLM's CPU build has no sleep mode (use 0)")
+    if not 0 < cfg.ref_phi_min <= 1:
+        raise ConfigError(f"--ref-phi-min {cfg.ref_phi_min}: must be in (0, 1] (1 = the plain reference)")
+    if cfg.ref_phi_min < 1 and cfg.kl_coef == 0:
+        raise ConfigError("--ref-phi-min < 1 reweights the KL's reference, but --kl-coef 0 turns the KL off")
+
+
+def load_model(cfg: Config, device, world: int, trainable: bool) -> Scorer | Reference:
+    """The policy (a `Scorer`, trainable) or the frozen `Reference`: the HF model in float32 (master weights),
+    sharded with FSDP2 when world > 1 (each decoder layer, then the root: embeddings, final norm, lm_head)."""
+    lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to(device)
+    if trainable and cfg.grad_checkpointing:
+        lm.gradient_checkpointing_enable()
+    model = (Scorer if trainable else Reference)(lm).train(trainable).requires_grad_(trainable)
+    if world > 1:
+        mp = MixedPrecisionPolicy(param_dtype=compute_dtype(cfg.dtype), reduce_dtype=torch.float32)
+        for layer in lm.model.layers:
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    if not trainable:  # the KL's chunks need the reference's output embedding whole [V, H]: gathered once, here
+        model.head = full_tensor(lm.lm_head.weight).detach()
+    return model
+
+
+def make_engine(cfg: Config, world: int) -> Engine:
+    """The vLLM engine for --model with this config's dtype, context and memory settings (one per rank)."""
+    return Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
+                  max_model_len=cfg.max_model_len, seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                  kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
+                  distributed=world > 1)
+
+
+def hf_state(scorer: Scorer):
+    """(HF name, tensor) pairs of the policy, in a fixed order (the `Scorer.lm.` prefix stripped)."""
+    return ((name.removeprefix("lm."), t) for name, t in scorer.state_dict().items())
+
+
+def full_tensor(t):
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def prompts_for_step(prompts: list, step: int, per_step: int, seed: int) -> list:
+    """The step's prompts: consecutive slices of seeded per-epoch permutations (resumable from the step alone)."""
+    out, start = [], step * per_step
+    for i in range(start, start + per_step):
+        epoch, pos = divmod(i, len(prompts))
+        out.append(prompts[np.random.default_rng([seed, epoch]).permutation(len(prompts))[pos]])
+    return out
+
+
+def learning_rate(cfg: Config, step: int) -> float:
+    """--lr, or with --lr-schedule cosine: lr (1 + cos(pi step / steps)) / 2, from lr at step 0 towards 0."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * (1 + math.cos(math.pi * step / cfg.steps)) / 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One step's rollouts, as tensors
+
+
+def batch_tensors(seqs: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded token ids [b, S] of prompt + completion, the attention mask [b, S], and the loss mask [b, S]:
+    True exactly at completion tokens (prompt tokens, a POPE guiding prefix among them, and padding are False).
+
+    >>> ids, attention_mask, loss_mask = batch_tensors([dict(ids=[7, 8, 9], n_prompt=2), dict(ids=[5, 6], n_prompt=1)], "cpu")
+    >>> ids.tolist(), loss_mask.tolist()
+    ([[7, 8, 9], [5, 6, 0]], [[False, False, True], [False, True, False]])
+    """
+    width = max(len(s["ids"]) for s in seqs)
+    ids = torch.tensor([s["ids"] + [0] * (width - len(s["ids"])) for s in seqs], device=device)  # [b, S]
+    positions = torch.arange(width, device=device)[None]  # [1, S]
+    length = torch.tensor([len(s["ids"]) for s in seqs], device=device)[:, None]  # [b, 1]
+    n_prompt = torch.tensor([s["n_prompt"] for s in seqs], device=device)[:, None]  # [b, 1]
+    attention_mask = positions < length  # [b, S]
+    return ids, attention_mask, (positions >= n_prompt) & attention_mask
+
+
+@dataclass
+class Rollouts:
+    """This rank's rollouts of one step, n = prompts x G sequences, built once; per-token values sit at their
+    token's position (read them with `x[loss_mask]`, in the order of `token_stats`)."""
+
+    ids: torch.Tensor  # [n, S] prompt + completion, right-padded
+    attention_mask: torch.Tensor  # [n, S]
+    loss_mask: torch.Tensor  # [n, S] True exactly at completion tokens
+    sampler_logp: torch.Tensor  # [n, S] vLLM's log-probability of each completion token (0 elsewhere)
+    adv: torch.Tensor  # [n] the sequence's advantage
+    phi: torch.Tensor  # [n] RAPO's reweighting of the reference for this sequence (1 = the plain reference)
+    old_logp: torch.Tensor | None = None  # [n, S] pi_old at the rollout weights (with --minibatches > 1)
+
+    def rows(self, idx) -> Rollouts:
+        """The sequences `idx`, trimmed to the longest of them."""
+        width = int(self.attention_mask[idx].sum(1).max())
+        cut = lambda t: None if t is None else (t[idx][:, :width] if t.dim() == 2 else t[idx])  # noqa: E731
+        return Rollouts(*(cut(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def per_token(self, t: torch.Tensor) -> torch.Tensor:
+        """[n] per sequence or [n, S] per position -> [N] at the completion tokens."""
+        return (t[:, None].expand_as(self.loss_mask) if t.dim() == 1 else t)[self.loss_mask]
+
+
+def make_rollouts(groups, rewards: torch.Tensor, cfg: Config, device) -> Rollouts:
+    """The step's sequences as tensors, with group-relative advantages and RAPO's phi from the rewards [B, G]."""
+    adv = group_advantages(rewards, cfg.adv_std_norm, cfg.adv_eps)  # [B, G]
+    phi_reward = rewards if cfg.ref_phi_source == "sample" else rewards.mean(1, keepdim=True).expand_as(rewards)
+    if cfg.ref_phi_min < 1 and not ((phi_reward >= 0) & (phi_reward <= 1)).all():
+        raise ConfigError(f"--ref-phi-min < 1 needs rewards in [0, 1]; got {phi_reward.min():.3g} .. "
+                          f"{phi_reward.max():.3g}")
+    phi = cfg.ref_phi_min + (1 - cfg.ref_phi_min) * phi_reward  # [B, G]
+    samples = [s for group in groups for s in group]
+    ids, attention_mask, loss_mask = batch_tensors(
+        [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids)) for s in samples], device)
+    sampler_logp = torch.zeros(ids.shape, device=device)  # [n, S]
+    sampler_logp[loss_mask] = torch.tensor([lp for s in samples for lp in s.logprobs], device=device)
+    return Rollouts(ids, attention_mask, loss_mask, sampler_logp, adv.flatten().to(device), phi.flatten().to(device))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The phases of a step
+
+
+@contextmanager
+def timed(timings: dict, name: str):
+    """Add the seconds spent in the block to timings[name]."""
+    start = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def score(policy, ref, ro: Rollouts, cfg: Config, autocast) -> dict[str, torch.Tensor]:
+    """`token_stats` of micro-batch `ro` under the policy (with the reference's KL terms when there is one)."""
+    with autocast:
+        ref_inputs = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_inputs = (ref(ro.ids, ro.attention_mask, ro.loss_mask), ref.head, ro.per_token(ro.phi))
+        return policy(ro.ids, ro.attention_mask, ro.loss_mask, cfg.temperature, cfg.logprob_chunk, ref_inputs)
+
+
+def update(policy, ref, optimizer, ro: Rollouts, cfg: Config, device, autocast, timings) -> dict:
+    """Loss and optimizer step(s) on the step's rollouts: each of --minibatches slices of the sequences is one
+    optimizer step, its gradient accumulated over micro-batches. Returns the loss's metric sums over tokens."""
+    sums = {"gap_sum": 0.0, "gap_max": 0.0, "n_tokens": 0, "grad_norm_sum": 0.0}
+    if cfg.minibatches > 1:  # pi_old: the trainer's logprobs at the rollout weights, before the first update
+        ro.old_logp = torch.zeros(ro.ids.shape, device=device)  # [n, S]
+        with torch.no_grad(), timed(timings, "old_logprobs"):
+            for m in range(0, len(ro.adv), cfg.micro_batch_size):
+                mb = ro.rows(slice(m, m + cfg.micro_batch_size))
+                ro.old_logp[m:m + cfg.micro_batch_size, :mb.ids.shape[1]][mb.loss_mask] = score(
+                    policy, None, mb, cfg, autocast)["logp"].float()
+    for minibatch in np.array_split(np.arange(len(ro.adv)), cfg.minibatches):
+        lens = ro.loss_mask[minibatch].sum(1)  # [m] completion lengths
+        n_seqs, n_tokens = reduce_sums({"s": len(minibatch), "t": lens.sum().item()}, device).values()
+        for m in range(0, len(minibatch), cfg.micro_batch_size):
+            mb = ro.rows(minibatch[m:m + cfg.micro_batch_size])
+            with timed(timings, "logprobs"):
+                stats = score(policy, ref, mb, cfg, autocast)
+                old = stats["logp"].detach() if mb.old_logp is None else mb.per_token(mb.old_logp)  # [N] pi_old
+                weights = token_weights(mb.loss_mask.sum(1).cpu(), cfg.loss_agg, int(n_seqs), int(n_tokens),
+                                        cfg.max_new_tokens).to(device)  # [N]
+                loss, loss_sums = grpo_loss(stats["logp"], old, mb.per_token(mb.adv), weights,
+                                            entropy=stats["entropy"], ref_logp=stats.get("ref_logp"),
+                                            kl_forward=stats.get("kl_forward"), kl_reverse=stats.get("kl_reverse"),
+                                            **loss_options(cfg))
+            with timed(timings, "backward_step"):
+                (loss * world_size()).backward()  # FSDP averages gradients over ranks; the weights count all ranks
+            gap = (old - mb.per_token(mb.sampler_logp)).abs()  # [N] the trainer at the rollout weights vs vLLM
+            sums.update(gap_sum=sums["gap_sum"] + gap.sum().item(), gap_max=max(sums["gap_max"], gap.max().item()),
+                        n_tokens=sums["n_tokens"] + len(gap))
+            for k, v in loss_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
+        with timed(timings, "backward_step"):
+            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)  # before clipping
+            sums["grad_norm_sum"] += full_tensor(norm).item() / cfg.minibatches
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return sums
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def sync(engine: Engine, policy: Scorer, sleep_level: int) -> None:
+    """Push the new weights into the engine: the next rollouts come from the updated policy."""
+    if sleep_level:
+        engine.wake_up(["weights"])  # weight memory first, the KV cache after the sync: a lower peak
+    engine.sync_weights(hf_state(policy))
+    if sleep_level:
+        engine.wake_up(["kv_cache"])
+
+
+def step_metrics(step: int, prompts: list[data.Prompt], groups, rewards: torch.Tensor, loss_sums: dict,
+                 reward_failures: int, lr: float, kinds: list[str], timings: dict, device) -> dict:
+    """Every metric of a step, over all ranks: sums here, then one reduction, then the ratios."""
+    lengths = [len(s.completion_ids) for group in groups for s in group]
+    sums = {**loss_sums, "reward_sum": rewards.sum().item(), "n_samples": rewards.numel(), "n_groups": len(prompts),
+            "zero_std_groups": (rewards.std(1) == 0).sum().item(), "len_sum": sum(lengths),
+            "truncated": sum(s.finish_reason == "length" for group in groups for s in group),
+            "reward_failures": reward_failures}
+    for kind in kinds:  # per prompt kind (POPE: guided / unguided), never pooled; every rank has every kind's keys
+        kind_rewards = [rewards[j].mean().item() for j, p in enumerate(prompts) if p.kind == kind]
+        sums.update({f"r_{kind}": sum(kind_rewards), f"n_{kind}": len(kind_rewards),
+                     f"solved_{kind}": sum(r > 0 for r in kind_rewards)})
+    maxes = reduce_sums({"len_max": max(lengths), "gap_max": sums.pop("gap_max")}, device, dist.ReduceOp.MAX)
+    sums = reduce_sums(sums, device)
+    n_tok = max(sums["n_tokens"], 1)
+    metrics = {
+        "step": step, "reward": sums["reward_sum"] / sums["n_samples"],
+        "zero_std_frac": sums["zero_std_groups"] / sums["n_groups"],
+        "len_mean": sums["len_sum"] / sums["n_samples"], "len_max": maxes["len_max"],
+        "truncated_frac": sums["truncated"] / sums["n_samples"],
+        "clip_frac_pos_adv": sums["clip_pos"] / max(sums["n_pos"], 1),
+        "clip_frac_neg_adv": sums["clip_neg"] / max(sums["n_neg"], 1),
+        "entropy": sums["entropy"] / n_tok, "grad_norm": sums["grad_norm_sum"] / world_size(), "lr": lr,
+        "logprob_gap_mean": sums["gap_sum"] / n_tok, "logprob_gap_max": maxes["gap_max"],
+        "reward_failures": sums["reward_failures"],
+        **({"kl": sums["kl"] / n_tok, "kl_clamp_frac": sums["kl_clamped"] / n_tok} if "kl" in sums else {}),
+        **{f"time_{k}": v for k, v in timings.items()},
+    }
+    for kind in kinds:
+        if sums.get(f"n_{kind}"):
+            metrics[f"reward_{kind}"] = sums[f"r_{kind}"] / sums[f"n_{kind}"]
+            metrics[f"solve_rate_{kind}"] = sums[f"solved_{kind}"] / sums[f"n_{kind}"]
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -558,256 +696,85 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
     `engine` reuses a running vLLM engine (its weights are first replaced by --model's); by default one is built.
     """
     rank, world, device = init_distributed()
-    if cfg.prompts_per_step % world:
-        raise ConfigError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {world} ranks")
-    if cfg.sleep_level and not torch.cuda.is_available():
-        raise ConfigError("--sleep-level frees GPU memory for training; vLLM's CPU build has no sleep mode (use 0)")
-    if not 0 < cfg.ref_phi_min <= 1:
-        raise ConfigError(f"--ref-phi-min {cfg.ref_phi_min}: must be in (0, 1] (1 = the plain reference)")
-    if cfg.ref_phi_min < 1 and cfg.kl_coef == 0:
-        raise ConfigError("--ref-phi-min < 1 reweights the KL's reference, but --kl-coef 0 turns the KL off")
+    check_config(cfg, world)
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    kinds = sorted({p.kind for p in prompts})
-    # The engine comes first: on GPU it checks free memory at start-up, before optimizer state exists.
-    engine = engine or make_engine(cfg, world)
+    engine = engine or make_engine(cfg, world)  # first: on GPU it checks free memory before optimizer state exists
     mem_rows = {"vllm engine": memory(device)}
-    policy = load_scorer(cfg, device, world, trainable=True)
-    ref = load_scorer(cfg, device, world, trainable=False) if cfg.kl_coef > 0 else None
-    ref_head = full_tensor(ref.lm.lm_head.weight).detach() if ref else None  # [V, H], needed whole by every chunk
+    policy = load_model(cfg, device, world, trainable=True)
+    ref = load_model(cfg, device, world, trainable=False) if cfg.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    start_step = 0
-    if cfg.resume:
-        checkpoint_path = latest_checkpoint(out_dir)
-        if checkpoint_path is None:
-            raise ConfigError(f"--resume: no checkpoint in {out_dir / 'checkpoints'} (run without --resume first)")
-        start_step = load_checkpoint(checkpoint_path, policy, optimizer, rank)
-        if rank == 0:  # the killed run may have logged steps after its last checkpoint: those are redone
-            lines = (out_dir / "metrics.jsonl").read_text().splitlines()
-            (out_dir / "metrics.jsonl").write_text("".join(
-                line + "\n" for line in lines if json.loads(line)["step"] < start_step))
+    start_step = resume(out_dir, policy, optimizer, rank) if cfg.resume else 0
     engine.sync_weights(hf_state(policy))  # the engine serves exactly the trainer's weights from the first step on
     mem_rows["+ policy, ref, optimizer"] = memory(device)
     print_memory_table(mem_rows, rank)
     pool = reward.RewardPool(cfg.reward_workers, cfg.reward_timeout)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_available() and world == 1
-                              and compute_dtype(cfg) == torch.bfloat16)
-    history = []
-    log_file = open(out_dir / "metrics.jsonl", "a") if rank == 0 else None
-    sample_file = open(out_dir / "samples.jsonl", "a") if rank == 0 else None
+                              and compute_dtype(cfg.dtype) == torch.bfloat16)
+    per_rank, kinds, history = cfg.prompts_per_step // world, sorted({p.kind for p in prompts}), []
     bar = tqdm(range(start_step, cfg.steps), disable=rank != 0, desc="grpo", initial=start_step, total=cfg.steps)
     for step in bar:
         timings, t0 = {}, time.perf_counter()
-
-        # 1. Sample this rank's prompts (a group never straddles ranks).
-        per_rank = cfg.prompts_per_step // world
+        # 1. This rank's prompts (a group never straddles ranks), and G rollouts of each from the current weights.
         batch = prompts_for_step(prompts, step, cfg.prompts_per_step, cfg.seed)[rank * per_rank:(rank + 1) * per_rank]
-
-        # 2. Rollout: G completions per prompt from the current weights.
-        seeds = [request_seed(cfg.seed, step, rank * per_rank + j) for j in range(per_rank)]
-        groups = engine.generate([p.prompt_ids for p in batch], n=cfg.group_size, temperature=cfg.temperature,
-                                 max_tokens=cfg.max_new_tokens, seeds=seeds)
-        mem_rows = {"after rollout": memory(device)}
+        with timed(timings, "rollout"):
+            groups = engine.generate([p.prompt_ids for p in batch], n=cfg.group_size, temperature=cfg.temperature,
+                                     max_tokens=cfg.max_new_tokens,
+                                     seeds=[request_seed(cfg.seed, step, rank * per_rank + j) for j in range(per_rank)])
+            mem_rows = {"after rollout": memory(device)}
+            engine.sleep(cfg.sleep_level)
+        # 2. Rewards, then group-relative advantages: the sequences as tensors, built once.
+        with timed(timings, "reward"):
+            failures_before = pool.failures
+            flat = [(p, s) for p, group in zip(batch, groups) for s in group]
+            rewards = torch.tensor(pool.map(reward_fn, [(s.text, p) for p, s in flat])).view(per_rank, cfg.group_size)
+        rollouts = make_rollouts(groups, rewards, cfg, device)
+        # 3. Loss and optimizer step(s), then the new weights into the engine.
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        engine.sleep(cfg.sleep_level)
-        timings["rollout"] = time.perf_counter() - t0
-
-        # 3. Reward every completion.
-        t = time.perf_counter()
-        flat = [(p, s) for p, group in zip(batch, groups) for s in group]
-        failures_before = pool.failures
-        rewards = torch.tensor(pool.map(reward_fn, [(s.text, p) for p, s in flat])).view(per_rank, cfg.group_size)
-        timings["reward"] = time.perf_counter() - t
-
-        # 4. Group-relative advantages, one scalar per completion, broadcast to its tokens.
-        adv = group_advantages(rewards, cfg.adv_std_norm, cfg.adv_eps)  # [B, G]
-        phi_reward = rewards if cfg.ref_phi_source == "sample" else rewards.mean(1, keepdim=True).expand_as(rewards)
-        if cfg.ref_phi_min < 1 and not ((phi_reward >= 0) & (phi_reward <= 1)).all():
-            raise ConfigError(f"--ref-phi-min < 1 needs rewards in [0, 1]; got {phi_reward.min():.3g} .. "
-                              f"{phi_reward.max():.3g}")
-        phi = cfg.ref_phi_min + (1 - cfg.ref_phi_min) * phi_reward  # [B, G] RAPO's reference reweighting
-        seqs = [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids), vllm_logp=s.logprobs,
-                     adv=a, phi=f) for (p, s), a, f in zip(flat, adv.flatten().tolist(), phi.flatten().tolist())]
-
-        # 5. Loss and optimizer step(s): each minibatch of sequences is one optimizer step.
-        sums = {"fwd_s": 0.0, "bwd_s": 0.0, "gap_sum": 0.0, "n_tokens": 0}
-        maxes = {"gap_max": 0.0}
-        grad_norms = []
-        minibatches = np.array_split(np.arange(len(seqs)), cfg.minibatches)
-        old_logp = precompute_old_logp(policy, seqs, cfg, device, autocast) if cfg.minibatches > 1 else None
-        for mb in minibatches:
-            mb_lens = [len(seqs[i]["ids"]) - seqs[i]["n_prompt"] for i in mb]
-            n_seqs, n_tokens = reduce_sums({"s": len(mb), "t": sum(mb_lens)}, device).values()
-            for m in range(0, len(mb), cfg.micro_batch_size):
-                idx = mb[m:m + cfg.micro_batch_size]
-                ids, attention_mask, loss_mask = batch_tensors([seqs[i] for i in idx], device)  # [b, S] each
-                lens = loss_mask.sum(1).cpu()  # [b] completion lengths
-                tok_adv = torch.repeat_interleave(torch.tensor([seqs[i]["adv"] for i in idx]), lens).to(device)  # [N]
-                tok_phi = torch.repeat_interleave(torch.tensor([seqs[i]["phi"] for i in idx]), lens).to(device)  # [N]
-                weights = token_weights(lens, cfg.loss_agg, int(n_seqs), int(n_tokens), cfg.max_new_tokens).to(device)
-                vllm_logp = torch.tensor([lp for i in idx for lp in seqs[i]["vllm_logp"]], device=device)  # [N]
-                t = time.perf_counter()
-                with autocast:
-                    ref_hidden = None
-                    if ref is not None:
-                        with torch.no_grad():
-                            ref_hidden = ref(ids, attention_mask, loss_mask, cfg.temperature, cfg.logprob_chunk,
-                                             hidden_only=True)  # [N, H]
-                    stats = policy(ids, attention_mask, loss_mask, cfg.temperature, cfg.logprob_chunk,
-                                   ref_hidden=ref_hidden, ref_head=ref_head, ref_phi=tok_phi)
-                old = stats["logp"].detach() if old_logp is None else torch.cat([old_logp[i] for i in idx])  # [N]
-                loss, m_sums = grpo_loss(stats["logp"], old, tok_adv, weights, entropy=stats["entropy"],
-                                         ref_logp=stats.get("ref_logp"), kl_forward=stats.get("kl_forward"),
-                                         kl_reverse=stats.get("kl_reverse"), **loss_options(cfg))
-                sums["fwd_s"] += time.perf_counter() - t
-                t = time.perf_counter()
-                (loss * world).backward()  # FSDP averages gradients over ranks; the weights already count all ranks
-                sums["bwd_s"] += time.perf_counter() - t
-                for k, v in m_sums.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                if old_logp is None:  # the trainer's logprobs at the rollout weights: compare with vLLM's
-                    gap = (old - vllm_logp).abs()  # [N]
-                    sums["gap_sum"] += gap.sum().item()
-                    sums["n_tokens"] += len(gap)
-                    maxes["gap_max"] = max(maxes["gap_max"], gap.max().item())
-            t = time.perf_counter()
-            grad_norms.append(full_tensor(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)).item())
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            sums["bwd_s"] += time.perf_counter() - t
+        loss_sums = update(policy, ref, optimizer, rollouts, cfg, device, autocast, timings)
         mem_rows["after optimizer step"] = memory(device)
-        if old_logp is not None:
-            sums.update(old_logp_gap(old_logp, seqs, maxes))
-        timings["logprobs"], timings["backward_step"] = sums.pop("fwd_s"), sums.pop("bwd_s")
-
-        # 6. Push the new weights into the engine: the next rollouts come from the updated policy.
-        t = time.perf_counter()
-        if cfg.sleep_level:
-            engine.wake_up(["weights"])  # weight memory first, the KV cache after the sync: a lower peak
-        engine.sync_weights(hf_state(policy))
-        if cfg.sleep_level:
-            engine.wake_up(["kv_cache"])
-        timings["sync"] = time.perf_counter() - t
+        with timed(timings, "sync"):
+            sync(engine, policy, cfg.sleep_level)
         mem_rows["after weight sync"] = memory(device)
         if step == start_step:
             print_memory_table(mem_rows, rank)
-
-        # 7. Log: metrics over all ranks, a few sample rollouts, and (at intervals) solvability of the eval set.
-        lengths = [len(s.completion_ids) for _, s in flat]
-        sums.update({"reward_sum": rewards.sum().item(), "n_samples": rewards.numel(), "n_groups": per_rank,
-                     "zero_std_groups": (rewards.std(1) == 0).sum().item(), "len_sum": sum(lengths),
-                     "truncated": sum(s.finish_reason == "length" for _, s in flat),
-                     "reward_failures": pool.failures - failures_before})
-        for kind in kinds:
-            kind_rewards = [rewards[j].mean().item() for j, p in enumerate(batch) if p.kind == kind]
-            sums[f"r_{kind}"], sums[f"n_{kind}"] = sum(kind_rewards), len(kind_rewards)
-            sums[f"solved_{kind}"] = sum(r > 0 for r in kind_rewards)
-        maxes["len_max"] = max(lengths)
-        sums, maxes = reduce_sums(sums, device), reduce_sums(maxes, device, dist.ReduceOp.MAX)
-        metrics = step_metrics(step, sums, maxes, grad_norms, learning_rate(cfg, step), kinds, timings,
-                               time.perf_counter() - t0)
+        # 4. Log: the metrics over all ranks, a few rollouts, and (at intervals) solvability of the eval set.
+        metrics = step_metrics(step, batch, groups, rewards, loss_sums, pool.failures - failures_before,
+                               learning_rate(cfg, step), kinds, timings, device)
         if eval_prompts and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            metrics.update(solvability(engine, pool, reward_fn, eval_prompts, cfg, step, rank, world, device))
-        metrics.update({f"mem_{k}": max(m[k] for m in mem_rows.values()) for k in mem_rows["after rollout"]})
+            metrics.update(evaluate.solvability(engine, pool, reward_fn, eval_prompts, cfg.eval_k, cfg.temperature,
+                                                cfg.max_new_tokens, request_seed(cfg.seed, step), cfg.eval_top_p,
+                                                cfg.eval_top_k, rank, world, device))
+        metrics.update({f"mem_{k}": max(m[k] for m in mem_rows.values()) for k in mem_rows["after rollout"]},
+                       time_step=time.perf_counter() - t0)
         history.append(metrics)
         if rank == 0:
-            log_file.write(json.dumps(metrics) + "\n")
-            log_file.flush()
-            show_samples(flat, rewards.flatten().tolist(), cfg.log_samples, step, sample_file)
+            append_jsonl(out_dir / "metrics.jsonl", metrics)
+            show_samples(flat, rewards.flatten().tolist(), cfg.log_samples, step, out_dir / "samples.jsonl")
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", gap=f"{metrics['logprob_gap_max']:.1e}")
-        # 8. Checkpoint after the step's log line, so every checkpointed step has its metrics on disk.
+        # 5. Checkpoint after the step's log line, so every checkpointed step has its metrics on disk.
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step == cfg.steps - 1:
-            path = save_checkpoint(out_dir, step, policy, optimizer, tokenizer, rank)
+            path = save_checkpoint(out_dir, step, policy, optimizer, cfg.model, rank)
             if rank == 0:
                 tqdm.write(f"checkpoint: {path} (HF model in {path / 'hf'})")
-
     pool.close()
-    if rank == 0:
-        log_file.close()
-        sample_file.close()
     return history
 
 
-def learning_rate(cfg: Config, step: int) -> float:
-    """--lr, or with --lr-schedule cosine: lr (1 + cos(pi step / steps)) / 2, from lr at step 0 towards 0."""
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    return cfg.lr * (1 + math.cos(math.pi * step / cfg.steps)) / 2
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
-@torch.no_grad()
-def precompute_old_logp(policy, seqs, cfg, device, autocast) -> list[torch.Tensor]:
-    """pi_old(y_t): the trainer's logprobs at the rollout weights, before any update (needed with minibatches > 1)."""
-    out = []
-    for m in range(0, len(seqs), cfg.micro_batch_size):
-        chunk = seqs[m:m + cfg.micro_batch_size]
-        ids, attention_mask, loss_mask = batch_tensors(chunk, device)
-        with autocast:
-            logp = policy(ids, attention_mask, loss_mask, cfg.temperature, cfg.logprob_chunk)["logp"]
-        out.extend(logp.split([len(s["ids"]) - s["n_prompt"] for s in chunk]))
-    return out
-
-
-def old_logp_gap(old_logp, seqs, maxes) -> dict:
-    gaps = torch.cat([(o - torch.tensor(s["vllm_logp"], device=o.device)).abs() for o, s in zip(old_logp, seqs)])
-    maxes["gap_max"] = gaps.max().item()
-    return {"gap_sum": gaps.sum().item(), "n_tokens": len(gaps)}
-
-
-def step_metrics(step, sums, maxes, grad_norms, lr, kinds, timings, seconds) -> dict:
-    n_tok = max(sums["n_tokens"], 1)
-    metrics = {
-        "step": step,
-        "reward": sums["reward_sum"] / sums["n_samples"],
-        "zero_std_frac": sums["zero_std_groups"] / sums["n_groups"],
-        "len_mean": sums["len_sum"] / sums["n_samples"], "len_max": maxes["len_max"],
-        "truncated_frac": sums["truncated"] / sums["n_samples"],
-        "clip_frac_pos_adv": sums["clip_pos"] / max(sums["n_pos"], 1),
-        "clip_frac_neg_adv": sums["clip_neg"] / max(sums["n_neg"], 1),
-        "entropy": sums["entropy"] / n_tok,
-        "grad_norm": float(np.mean(grad_norms)), "lr": lr,
-        "logprob_gap_mean": sums["gap_sum"] / n_tok, "logprob_gap_max": maxes["gap_max"],
-        "reward_failures": sums["reward_failures"],
-        **({"kl": sums["kl"] / n_tok, "kl_clamp_frac": sums["kl_clamped"] / n_tok} if "kl" in sums else {}),
-        **{f"time_{k}": v for k, v in timings.items()}, "time_step": seconds,
-    }
-    for kind in kinds:  # per prompt kind (POPE: guided / unguided), never pooled
-        if sums[f"n_{kind}"]:
-            metrics[f"reward_{kind}"] = sums[f"r_{kind}"] / sums[f"n_{kind}"]
-            metrics[f"solve_rate_{kind}"] = sums[f"solved_{kind}"] / sums[f"n_{kind}"]
-    return metrics
-
-
-def solvability(engine, pool, reward_fn, prompts, cfg, step, rank, world, device) -> dict:
-    """Fraction of eval prompts with at least one correct answer in k samples (POPE's solvability), and the unbiased
-    pass@j of the same samples at j = 1, 2, 4, ... <= k."""
-    import evaluate  # here, not at the top: evaluate imports grpo
-
-    scores = evaluate.sample_scores(engine, pool, reward_fn, prompts, cfg.eval_k, cfg.temperature,
-                                    cfg.max_new_tokens, seed=request_seed(cfg.seed, step), rank=rank, world=world,
-                                    top_p=cfg.eval_top_p, top_k=cfg.eval_top_k)  # [P_local, eval_k] prompts[rank::world]
-    correct = (scores > 0).sum(1)  # [P_local]
-    ks = evaluate.powers_of_two(cfg.eval_k)
-    sums = reduce_sums({"solved": float((correct > 0).sum()), "n": float(len(scores)),
-                        **{f"pass@{j}": sum(evaluate.pass_at_k(cfg.eval_k, int(c), j) for c in correct) for j in ks}},
-                       device)
-    return {f"eval_solvable_at_{cfg.eval_k}": sums["solved"] / sums["n"],
-            **{f"eval_pass_at_{j}": sums[f"pass@{j}"] / sums["n"] for j in ks}}
-
-
-def show_samples(flat, rewards, n, step, sample_file) -> None:
-    """Print the first `n` rollouts of the step (the end of the prompt, the completion, its reward)."""
+def show_samples(flat, rewards, n, step, path: Path) -> None:
+    """Print the first `n` rollouts of the step (the end of the prompt, the completion, its reward) and log them."""
     for (prompt, sample), r in list(zip(flat, rewards))[:n]:
         tqdm.write(f"--- step {step} | {prompt.kind} | reward {r:.2f} | {sample.finish_reason} "
                    f"| {len(sample.completion_ids)} tokens\n{prompt.problem.problem[-200:]}\n>>> {sample.text[-500:]}")
-        sample_file.write(json.dumps({"step": step, "kind": prompt.kind, "id": prompt.problem.id, "reward": r,
-                                      "completion": sample.text}) + "\n")
-    sample_file.flush()
+        append_jsonl(path, {"step": step, "kind": prompt.kind, "id": prompt.problem.id, "reward": r,
+                            "completion": sample.text})
 
 
 def run(cfg: Config) -> list[dict]:
@@ -817,15 +784,10 @@ def run(cfg: Config) -> list[dict]:
         raise ConfigError("--data is required: a JSONL/parquet file with 'problem' and 'answer', or a name in "
                           f"data.DATASETS ({', '.join(data.DATASETS)})")
     problems = data.load_problems(cfg.data)
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     eval_prompts = None
     if cfg.eval_data:
-        import evaluate  # here, not at the top: evaluate imports grpo
-
-        eval_problems = evaluate.load_benchmark(cfg.eval_data)
-        eval_prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in eval_problems]
+        eval_prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in evaluate.load_benchmark(cfg.eval_data)]
     return train(cfg, [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems], eval_prompts=eval_prompts)
 
 
@@ -837,18 +799,6 @@ def main(argv=None, cls=Config, **defaults) -> None:
     except (ConfigError, data.DataError) as e:
         sys.exit(f"error: {e}")
     shutdown()
-
-
-def shutdown() -> None:
-    """End a torchrun job cleanly once every rank is done."""
-    if dist.is_initialized():
-        dist.barrier()
-        # vLLM's external launcher has used the default group too; destroying it can raise ValueError("Invalid
-        # process group specified") (spec/cpu-stack.md §8). The run is complete at this point, so exit cleanly.
-        try:
-            dist.destroy_process_group()
-        except ValueError:
-            pass
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """POPE: privileged on-policy exploration (Qu et al., arXiv 2601.18779). GRPO, plus guided copies of hard problems.
 
-    python pope.py                                                    # the CPU toy world (toy.py), minutes
+    python pope.py                                                    # the CPU toy world: GRPO vs POPE, minutes
     python pope.py --model Qwen/Qwen3-4B-Instruct-2507                # one GPU
     torchrun --nproc_per_node=8 pope.py --model Qwen/Qwen3-4B-Instruct-2507   # one 8-GPU node
 
@@ -8,13 +8,13 @@ On a hard problem (the base model never answers correctly in many samples) on-po
 for each hard problem, a *guided* copy whose prompt holds a short prefix of an oracle solution and asks the model to
 continue it. Both copies are trained on, each as its own group with its own baseline; the prefix is prompt, so it is
 never a training target. What is learned from guided states transfers to the unguided problem. What differs from
-GRPO is all here, before `grpo.train`:
+GRPO is all here, in the functions before `run`, which then calls `grpo.train`:
 
-    1. hard set       problems with 0 correct in --mine-k samples (--mine; the default data is already mined)
+    1. hard set       problems with 0 correct in --mine-k samples (`mine_hard`; --mine, the default data is mined)
     2. prefixes       for each, the shortest of a few line-based prefixes of its oracle solution (up to 25%) whose
-                      guided prompt gets >= 1 correct answer in --prefix-k samples  (data.find_prefixes)
+                      guided prompt gets >= 1 correct answer in --prefix-k samples  (`find_prefixes`)
     3. training set   --unguided-copies unguided + --guided-copies guided prompts per hard problem (1:1 default),
-                      optionally --easy-data mixed in (the paper's "ray interference" experiment)
+                      optionally --easy-data mixed in (the paper's "ray interference" experiment)  (`training_set`)
     4. train          grpo.train; rewards and solve rates are logged per kind (guided / unguided / easy), and every
                       --eval-every steps the unguided hard set's solvability (>= 1 correct in --eval-k samples)
 
@@ -26,6 +26,9 @@ solvability eval, as in evaluate.py. Two are this project's: clip 0.2/0.2 (the a
 their asynchronous trainer; this one is synchronous) and the prefix search's k = 16 (the paper's value was not
 published).
 
+With no --model, `run_toy` runs the toy world's comparison (toy.py's task and base model, toy_compare.py's arms),
+POPE's arm built with the functions above.
+
 Deliberately left out: asynchronous (PipelineRL-style) rollouts, importance weighting between guided and unguided
 contexts (the authors apply none), and generating oracle solutions (the hard set ships verified ones).
 """
@@ -33,22 +36,29 @@ contexts (the authors apply none), and generating oracle solutions (the hard set
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch.distributed as dist
+from transformers import AutoTokenizer
+
 import data
 import grpo
 import reward
+import toy
+import toy_compare
+from common import ConfigError, check_model_path, init_distributed, opt, parse_config, shutdown
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
-from grpo import opt
 
 
 @dataclass
 class PopeConfig(grpo.Config):
-    model: str = opt("", "HF model id or folder; empty = the CPU toy world (its flags: python toy.py --help)")
+    model: str = opt("", "HF model id or folder; empty = the CPU toy world (its flags: python pope.py --help)")
     data: str = opt("pope-hard", "hard problems with oracle solutions: a name in data.DATASETS (pope-hard = the "
                     "authors' set for Qwen3-4B-Instruct-2507 with verified Gemini solutions) or a .jsonl/.parquet "
                     "file with problem, answer, solution")
@@ -95,6 +105,122 @@ class PopeConfig(grpo.Config):
     easy_limit: int = opt(0, "use only the first N easy problems (0 = all)")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The hard set and the minimal sufficient guiding prefixes (spec/algorithms.md §2.3, §2.4).
+# Both sample from the base model through any engine with `generate(prompt_ids, n, temperature, max_tokens, seeds)`
+# (rollout.Engine), score with `reward_fn(text, prompt) -> float`, and append one JSON line per finished problem to
+# a cache: a rerun (or `--resume`) skips what is there. Under torchrun each rank takes problems[rank::world] and
+# writes its own file; every rank then reads all of them.
+
+
+def _read_cache(cache: Path) -> dict[str, dict]:
+    done = {}
+    for part in sorted(cache.parent.glob(cache.name + ".rank*")):
+        lines = part.read_text().splitlines()
+        for line_no, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if line_no == len(lines):
+                    continue  # a line cut by a kill mid-write: that problem is simply redone
+                raise data.DataError(f"{part}:{line_no}: corrupt cache line; delete the file to recompute") from None
+            done[row["id"]] = row
+    return done
+
+
+def _sample_correct(engine, prompts: list[data.Prompt], reward_fn, k: int, temperature: float, max_tokens: int,
+                    seed: int) -> list[int]:
+    """Number of correct answers among k samples of each prompt."""
+    groups = engine.generate([p.prompt_ids for p in prompts], n=k, temperature=temperature, max_tokens=max_tokens,
+                             seeds=[seed + 1_000_003 * i for i in range(len(prompts))])
+    return [sum(reward_fn(s.text, p) > 0 for s in group) for p, group in zip(prompts, groups)]
+
+
+def mine_hard(engine, tokenizer, problems: list[data.Problem], reward_fn, cache: str | Path, k: int = 128,
+              temperature: float = 1.0, max_tokens: int = 32768, batch_size: int = 64, seed: int = 0,
+              system_prompt: str = data.DEFAULT_SYSTEM_PROMPT, rank: int = 0, world: int = 1) -> list[data.Problem]:
+    """The problems the base model never solves: 0 correct in `k` samples (POPE: k=128 at 32k tokens).
+
+    Results go to `cache` as {"id", "correct", "k"} lines, written as each batch finishes; finished problems are
+    skipped on a rerun. Returns the hard problems in input order (all ranks' results, once every rank is done).
+    """
+    cache = Path(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_cache(cache)
+    todo = [p for p in problems[rank::world] if p.id not in done]
+    with open(f"{cache}.rank{rank}", "a") as out:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            prompts = [data.make_prompt(tokenizer, p, system_prompt) for p in batch]
+            for p, c in zip(batch, _sample_correct(engine, prompts, reward_fn, k, temperature, max_tokens, seed)):
+                out.write(json.dumps({"id": p.id, "correct": c, "k": k}) + "\n")
+            out.flush()
+    _barrier()
+    done = _read_cache(cache)
+    return [p for p in problems if p.id in done and done[p.id]["correct"] == 0]
+
+
+def candidate_prefixes(solution: str, max_fraction: float = 0.25, n_candidates: int = 4) -> list[str]:
+    """Line-based prefixes of an oracle solution, shortest first: the first floor(f * L) of its L lines for
+    f = max_fraction * (1/n, 2/n, ..., 1), deduplicated, so no prefix holds more than `max_fraction` of the lines.
+    One line is the minimum: a solution shorter than 1 / max_fraction lines (4 at 25%) gets its first line as the
+    only candidate, more than the fraction. Lines, 4 lengths and 25% are spec §2.4's reading of the POPE write-ups
+    ("progressively longer prefixes, up to a quarter the length of the solution"); the unit and the count were not
+    published.
+
+    >>> candidate_prefixes("a\\nb\\nc\\nd\\ne\\nf\\ng\\nh", max_fraction=0.25, n_candidates=4)
+    ['a', 'a\\nb']
+    >>> candidate_prefixes("a\\nb\\nc\\nd\\ne", max_fraction=0.25)   # 5 lines: 1 line (20%), never 2 (40%)
+    ['a']
+    """
+    lines = [line for line in solution.split("\n") if line.strip()]
+    counts = sorted({max(1, math.floor(max_fraction * (j + 1) / n_candidates * len(lines) + 1e-9))
+                     for j in range(n_candidates)})  # + 1e-9: 0.25 * 4 / 4 * 8 must give 2, not 1.999...
+    return ["\n".join(lines[:m]) for m in counts if m < len(lines)]
+
+
+def find_prefixes(engine, tokenizer, problems: list[data.Problem], reward_fn, cache: str | Path, k: int = 16,
+                  temperature: float = 0.8, max_tokens: int = 16384, max_fraction: float = 0.25,
+                  n_candidates: int = 4, template: str = "continue", fallback: str = "longest", seed: int = 0,
+                  system_prompt: str = data.DEFAULT_SYSTEM_PROMPT, rank: int = 0, world: int = 1) -> dict[str, dict]:
+    """POPE's minimal sufficient prefix for each problem: the shortest candidate whose guided prompt gets at least
+    one correct answer in `k` samples (spec §2.4: k=16 at T=0.8 and 16k tokens, this project's reading).
+
+    When no candidate works, `fallback` decides: "longest" keeps the longest candidate (~25%; the fallback in the
+    POPE summaries, so the guided:unguided mixture stays 1:1), "drop" gives the problem no guided copy.
+    Returns {id: {"prefix": str | None, "lines": int, "solvable": bool}}; problems without a solution are absent.
+    Candidates are tried in rounds (all problems' shortest first, then the next ...), one batched generate a round.
+    """
+    cache = Path(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_cache(cache)
+    todo = {p.id: (p, candidate_prefixes(p.solution, max_fraction, n_candidates))
+            for p in problems[rank::world] if p.solution and p.id not in done}
+    todo = {i: v for i, v in todo.items() if v[1]}  # a one-line solution has no proper prefix
+    with open(f"{cache}.rank{rank}", "a") as out:
+        for j in range(n_candidates):
+            live = [(p, cands[j]) for p, cands in todo.values() if j < len(cands)]
+            prompts = [data.make_guided_prompt(tokenizer, p, prefix, template, system_prompt) for p, prefix in live]
+            correct = _sample_correct(engine, prompts, reward_fn, k, temperature, max_tokens, seed + j) if live else []
+            for (p, prefix), c in zip(live, correct):
+                last = j == len(todo[p.id][1]) - 1
+                if c > 0 or last:
+                    keep = prefix if c > 0 or fallback == "longest" else None
+                    out.write(json.dumps({"id": p.id, "prefix": keep, "lines": prefix.count("\n") + 1 if keep else 0,
+                                          "solvable": c > 0}) + "\n")
+                    del todo[p.id]
+            out.flush()
+    _barrier()
+    wanted = {p.id for p in problems}
+    return {i: row for i, row in _read_cache(cache).items() if i in wanted}
+
+
+def _barrier() -> None:
+    """Wait for every rank (under torchrun) so all cache files are complete before anyone reads them."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def cache_path(cfg: PopeConfig, stage: str, *settings) -> Path:
     """A cache file per stage whose name hashes what its results depend on (model, data, sampling settings)."""
     key = hashlib.sha256(json.dumps([cfg.model, cfg.data, cfg.system_prompt, cfg.seed, *settings]).encode())
@@ -121,21 +247,19 @@ def training_set(tokenizer, hard: list[data.Problem], prefixes: dict[str, dict],
 
 def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[dict]:
     """Hard set -> minimal prefixes -> guided + unguided training set -> GRPO."""
-    grpo.check_model_path(cfg.model)
-    from transformers import AutoTokenizer
-
-    rank, world, _ = grpo.init_distributed()
+    check_model_path(cfg.model)
+    rank, world, _ = init_distributed()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     problems = data.load_problems(cfg.data, limit=cfg.data_limit or None)
     engine = engine or grpo.make_engine(cfg, world)  # the base model samples for the offline stages, then trains
 
     hard = problems
     if cfg.mine:
-        hard = data.mine_hard(engine, tokenizer, problems, reward_fn,
-                              cache_path(cfg, "mining", cfg.mine_k, cfg.mine_max_tokens, cfg.temperature),
-                              k=cfg.mine_k, temperature=cfg.temperature, max_tokens=cfg.mine_max_tokens,
-                              seed=cfg.seed, system_prompt=cfg.system_prompt, rank=rank, world=world)
-    prefixes = data.find_prefixes(
+        hard = mine_hard(engine, tokenizer, problems, reward_fn,
+                         cache_path(cfg, "mining", cfg.mine_k, cfg.mine_max_tokens, cfg.temperature),
+                         k=cfg.mine_k, temperature=cfg.temperature, max_tokens=cfg.mine_max_tokens,
+                         seed=cfg.seed, system_prompt=cfg.system_prompt, rank=rank, world=world)
+    prefixes = find_prefixes(
         engine, tokenizer, hard, reward_fn,
         cache_path(cfg, "prefixes", cfg.prefix_k, cfg.prefix_max_tokens, cfg.temperature, cfg.prefix_max_fraction,
                    cfg.prefix_candidates, cfg.guided_template, cfg.prefix_fallback),
@@ -148,11 +272,33 @@ def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[di
     if rank == 0:
         found = [row for row in prefixes.values() if row["prefix"]]
         print(f"pope: {len(problems)} problems, {len(hard)} hard, {len(found)} with a guiding prefix "
-              f"({sum(row['solvable'] for row in found)} solvable with it, mean {sum(row['lines'] for row in found) / max(len(found), 1):.1f} "
-              f"lines); training on {len(prompts)} prompts, solvability eval on {len(eval_prompts)}")
+              f"({sum(row['solvable'] for row in found)} solvable with it, mean "
+              f"{sum(row['lines'] for row in found) / max(len(found), 1):.1f} lines); training on {len(prompts)} "
+              f"prompts, solvability eval on {len(eval_prompts)}")
     if not prompts:
-        raise grpo.ConfigError(f"{cfg.data}: no training prompts (no hard problems left after mining?)")
+        raise ConfigError(f"{cfg.data}: no training prompts (no hard problems left after mining?)")
     return grpo.train(cfg, prompts, reward_fn, eval_prompts, engine=engine)
+
+
+def run_toy(cfg: toy_compare.ToyConfig) -> dict:
+    """`python pope.py` with no --model: the toy world's comparison (toy_compare.py), POPE's arm built here. POPE's
+    prefix search runs with the base model's weights, before any arm trains."""
+    base_dir, hard, engine = toy_compare.setup(cfg)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    unguided = [data.make_prompt(tok, p) for p in hard]
+    arms = {arm: unguided for arm in cfg.arms.split(",")}
+    if "pope" in arms:
+        prefixes = find_prefixes(engine, tok, hard, toy.toy_reward, Path(cfg.out_dir) / "cache" / "prefixes.jsonl",
+                                 k=cfg.prefix_k, temperature=1.0, max_tokens=cfg.max_new_tokens,
+                                 max_fraction=cfg.prefix_max_fraction, template=cfg.guided_template, seed=cfg.seed)
+        print(f"toy: POPE prefixes: {sum(r['solvable'] for r in prefixes.values())}/{len(hard)} hard problems "
+              f"solvable with a guiding prefix (mean {sum(r['lines'] for r in prefixes.values()) / len(hard):.1f} "
+              f"of {toy.HARD_STEPS[1] + 1} lines)", flush=True)
+        arms["pope"] = training_set(tok, hard, prefixes, PopeConfig(guided_template=cfg.guided_template))
+    results = toy_compare.run_arms(cfg, base_dir, engine, arms, unguided)
+    del engine  # vLLM's teardown resets process-wide state: run it now, not when the garbage collector gets to it
+    gc.collect()  # (by then a later engine in this process, e.g. the next run of the toy test, would lose that state)
+    return results
 
 
 def main(argv=None) -> None:
@@ -160,17 +306,14 @@ def main(argv=None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--model", default="")
     given, _ = pre.parse_known_args(argv)
-    if not given.model and not {"-h", "--help"} & set(argv):  # no model: the toy world, with toy.py's flags
-        import toy
-
-        toy.main(argv)
-        return
-    cfg = grpo.parse_config(PopeConfig, argv)
     try:
-        run(cfg)
-    except (grpo.ConfigError, data.DataError) as e:
+        if given.model:
+            run(parse_config(PopeConfig, argv))
+        else:  # no model: the toy world, with toy_compare.py's flags (and their --help)
+            run_toy(parse_config(toy_compare.ToyConfig, argv))
+    except (ConfigError, data.DataError) as e:
         raise SystemExit(f"error: {e}") from None
-    grpo.shutdown()
+    shutdown()
 
 
 if __name__ == "__main__":

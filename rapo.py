@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 import grpo
-from grpo import opt
+from common import opt, parse_config
 
 # The arms of the paper's comparison (its Fig. 3 calls them GRPO-RKL, GRPO-FKL and RAPO; GRPO-RKL as published is
 # grpo-k3, see the docstring). --arm picks one and its values become the defaults; a flag given explicitly still wins.
@@ -114,8 +114,8 @@ class RapoConfig(grpo.Config):
 def parse(argv=None) -> RapoConfig:
     """Flags -> RapoConfig. The --arm preset replaces the defaults, so flags given explicitly still win (the values
     are checked where training starts, `grpo.train`)."""
-    arm = grpo.parse_config(RapoConfig, argv).arm
-    return grpo.parse_config(RapoConfig, argv, **ARMS[arm])
+    arm = parse_config(RapoConfig, argv).arm
+    return parse_config(RapoConfig, argv, **ARMS[arm])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def print_theory(d: dict, plot: str = "") -> None:
     print(f"max |ascent - root| = {np.abs(d['ascent'] - d['root']).max():.1e}; mass outside the reference's support: "
           f"forward KL {d['root'][outside].sum():.4f}, reverse KL {d['reverse'][outside].sum():.4f}")
     if plot:
-        import matplotlib
+        import matplotlib  # here: matplotlib is needed only to draw, and slow to import
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

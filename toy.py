@@ -51,13 +51,12 @@ warm-start.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import random
 import re
+import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,6 +64,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 import data
+import reward
 
 # Qwen's chat format without the tool-calling branches: <|im_start|>role\ncontent<|im_end|>\n ...
 CHAT_TEMPLATE = (
@@ -394,8 +394,7 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
             prefix_lines: tuple[int, ...] = (4, 7, 10, 13), temperature: float = 1.0, seed: int = 1,
             template: str = "no-restate", max_tokens: int = 300) -> dict:
     """Print and return the base model's pass@k: easy unguided, hard unguided, hard guided by prefix length."""
-    import evaluate  # imported here: vLLM is only needed for measuring
-    import reward
+    import evaluate  # imported here (both import vLLM): only measuring needs vLLM
     from rollout import Engine
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -431,164 +430,10 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
     return rows
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The comparison: `python pope.py` with no --model runs this
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class ToyConfig:
-    out_dir: str = field(default="runs/toy", metadata=dict(help="base model, arms' runs, summary JSON and the PNG"))
-    seed: int = field(default=0, metadata=dict(help="seeds the problems, the base model and every arm"))
-    warm_steps: int = field(default=600, metadata=dict(help="supervised warm-start steps of the base model"))
-    base_model: str = field(default="", metadata=dict(help="use this toy base-model folder instead of building one"))
-    n_hard: int = field(default=32, metadata=dict(help="hard problems: the training set, and the set whose "
-                                                       "unguided solvability is measured"))
-    arms: str = field(default="grpo,grpo-entropy,grpo-clip-higher,pope",
-                      metadata=dict(help="comma-separated arms, each from the same base model and seed"))
-    steps: int = field(default=6, metadata=dict(help="training steps per arm"))
-    prompts_per_step: int = field(default=8, metadata=dict(help="prompts per step (POPE: guided and unguided)"))
-    group_size: int = field(default=8, metadata=dict(help="samples per prompt"))
-    minibatches: int = field(default=2, metadata=dict(help="optimizer steps per rollout batch (2: the clip acts)"))
-    lr: float = field(default=2e-4, metadata=dict(help="AdamW learning rate of every arm (1e-3 wrecks the tiny "
-                                                        "model in one step)"))
-    max_new_tokens: int = field(default=260, metadata=dict(help="response budget (a 16-step solution is 238)"))
-    entropy_coef: float = field(default=1e-2, metadata=dict(help="entropy bonus of the grpo-entropy arm"))
-    eps_high: float = field(default=0.28, metadata=dict(help="upper clip of the grpo-clip-higher arm (DAPO)"))
-    prefix_k: int = field(default=8, metadata=dict(help="samples per guided candidate in POPE's prefix search"))
-    prefix_max_fraction: float = field(default=0.8, metadata=dict(help="longest guiding prefix, fraction of lines: "
-                                                                       "candidates 3, 6, 10, 13 of 17 (POPE's 0.25 "
-                                                                       "leaves 12 of 16 steps: p^12 ~ 0)"))
-    guided_template: str = field(default="no-restate", metadata=dict(
-        help="POPE's guided prompt; 'no-restate' because the tiny model cannot learn to copy a block from the prompt "
-             "(module docstring)"))
-    eval_every: int = field(default=3, metadata=dict(help="unguided hard-set solvability every N steps (--steps is "
-                                                           "a multiple: the last one is each arm's result)"))
-    eval_k: int = field(default=8, metadata=dict(help="solvable = >= 1 correct in k samples (POPE: pass@8)"))
-
-
-def arm_config(cfg: ToyConfig, base_dir: str, arm: str):
-    """The GRPO config of one arm: all share everything but the arm's own knob."""
-    import grpo
-
-    common = dict(model=base_dir, out_dir=str(Path(cfg.out_dir) / arm), steps=cfg.steps, seed=cfg.seed,
-                  prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, minibatches=cfg.minibatches,
-                  temperature=1.0, max_new_tokens=cfg.max_new_tokens, max_model_len=1024, lr=cfg.lr,
-                  adv_std_norm=False, micro_batch_size=64, log_samples=1, eval_every=cfg.eval_every,
-                  eval_k=cfg.eval_k)
-    own = {"grpo": {}, "grpo-entropy": {"entropy_coef": cfg.entropy_coef}, "grpo-clip-higher": {"eps_high": cfg.eps_high},
-           "pope": {}}
-    if arm not in own:
-        raise ValueError(f"unknown arm {arm!r}; choose from {sorted(own)}")
-    return grpo.Config(**common, **own[arm])
-
-
-def run_comparison(cfg: ToyConfig) -> dict:
-    """Build the base model, find POPE's prefixes with it, then train every arm from it; measure each arm's unguided
-    hard-set solvability every `eval_every` steps, and its pass@k at the end (k = 1, 2, 4, ... <= eval_k)."""
-    import grpo
-    import reward
-
-    if cfg.steps % cfg.eval_every:
-        raise grpo.ConfigError(f"--steps {cfg.steps} must be a multiple of --eval-every {cfg.eval_every} "
-                               f"(the last step's evaluation is each arm's final result)")
-    out = Path(cfg.out_dir)
-    t0 = time.time()
-    base_dir = cfg.base_model or build_base_model(str(out / "base-model"), seed=cfg.seed, steps=cfg.warm_steps)
-    print(f"toy: base model ready in {time.time() - t0:.0f} s", flush=True)
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    hard = hard_split(cfg.n_hard, seed=cfg.seed)
-    unguided = [data.make_prompt(tok, p) for p in hard]
-    engine = grpo.make_engine(arm_config(cfg, base_dir, "grpo"), world=1)
-    pool = reward.RewardPool(0)
-
-    def measured(metrics: dict) -> dict:  # the eval entries of one step's metrics, renamed for the summary
-        return {"solvable": metrics[f"eval_solvable_at_{cfg.eval_k}"],
-                **{k.replace("eval_pass_at_", "pass@"): v for k, v in metrics.items() if k.startswith("eval_pass_at_")}}
-
-    # The base model: the same evaluation (same prompts, samples and seeds) as each arm's last step.
-    base = measured(grpo.solvability(engine, pool, toy_reward, unguided, arm_config(cfg, base_dir, "grpo"),
-                                     cfg.steps - 1, 0, 1, "cpu"))
-    results = {"base": {"final": base, "curve": []}}
-    print(f"toy: base model, unguided hard set: {base}", flush=True)
-    if "pope" in cfg.arms.split(","):  # searched with the base model's weights, before any arm trains
-        import pope
-
-        prefixes = data.find_prefixes(engine, tok, hard, toy_reward, out / "cache" / "prefixes.jsonl", k=cfg.prefix_k,
-                                      temperature=1.0, max_tokens=cfg.max_new_tokens,
-                                      max_fraction=cfg.prefix_max_fraction, template=cfg.guided_template,
-                                      seed=cfg.seed)
-        print(f"toy: POPE prefixes: {sum(r['solvable'] for r in prefixes.values())}/{len(hard)} hard problems "
-              f"solvable with a guiding prefix (mean {sum(r['lines'] for r in prefixes.values()) / len(hard):.1f} "
-              f"of {HARD_STEPS[1] + 1} lines)", flush=True)
-    for arm in cfg.arms.split(","):
-        prompts = (pope.training_set(tok, hard, prefixes, pope.PopeConfig(guided_template=cfg.guided_template))
-                   if arm == "pope" else unguided)
-        t = time.time()
-        history = grpo.train(arm_config(cfg, base_dir, arm), prompts, toy_reward, eval_prompts=unguided,
-                             engine=engine)
-        evals = [(h["step"] + 1, measured(h)) for h in history if f"eval_solvable_at_{cfg.eval_k}" in h]
-        results[arm] = {"final": evals[-1][1], "curve": [(s, m["solvable"]) for s, m in evals],
-                        "seconds": round(time.time() - t, 1)}
-        print(f"toy: {arm}: unguided hard set after {cfg.steps} steps: {results[arm]['final']} "
-              f"({results[arm]['seconds']:.0f} s)", flush=True)
-    pool.close()
-    del engine  # vLLM's teardown resets process-wide state: run it now, not when the garbage collector gets to it
-    gc.collect()  # (by then a later engine in this process, e.g. the next run of the toy test, would lose that state)
-    (out / "summary.json").write_text(json.dumps(results, indent=1))
-    print_summary(results)
-    plot_comparison(results, cfg, out / "toy_comparison.png")
-    print(f"toy: total {time.time() - t0:.0f} s; summary {out / 'summary.json'}, plot {out / 'toy_comparison.png'}")
-    return results
-
-
-def print_summary(results: dict) -> None:
-    keys = list(results["base"]["final"])
-    print(f"\n{'unguided hard set':<20}" + "".join(f"{k:>10}" for k in keys))
-    for arm, r in results.items():
-        print(f"{arm:<20}" + "".join(f"{r['final'][k]:>10.3f}" for k in keys))
-
-
-def plot_comparison(results: dict, cfg: ToyConfig, path: Path) -> None:
-    """Left: unguided hard-set solvability during training, per arm. Right: each arm's final pass@k."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    ks = [int(k.split("@")[1]) for k in results["base"]["final"] if k.startswith("pass@")]
-    for arm, r in results.items():
-        style = dict(marker="o", label=arm) if arm != "base" else dict(color="k", linestyle="--", label="base model")
-        if arm != "base":
-            steps, values = zip(*[(0, results["base"]["final"]["solvable"])] + [tuple(p) for p in r["curve"]])
-            left.plot(steps, values, **style)
-        right.plot(ks, [r["final"][f"pass@{k}"] for k in ks], **style)
-    left.set(xlabel="training step", ylabel=f"solvable (>= 1 of {cfg.eval_k} correct)", ylim=(-0.02, 1.02),
-             title="unguided hard problems, during training")
-    right.set(xscale="log", xlabel="k", ylabel="pass@k", ylim=(-0.02, 1.02), title="unguided hard problems, at the end")
-    right.set_xticks(ks, [str(k) for k in ks])
-    right.minorticks_off()
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def main(argv=None) -> None:
-    """`python pope.py` (no --model) and `python toy.py`: the side-by-side comparison."""
-    import grpo
-
-    run_comparison(grpo.parse_config(ToyConfig, argv))
-
-
 if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) > 1 and sys.argv[1] in ("build", "measure"):
-        out = sys.argv[2] if len(sys.argv) > 2 else "runs/toy-base"
-        build_base_model(out)
-        if sys.argv[1] == "measure":
-            measure(out)
-    else:
-        main()
+    if len(sys.argv) < 2 or sys.argv[1] not in ("build", "measure"):
+        sys.exit("usage: python toy.py build|measure [MODEL_DIR]   (the comparison of arms: python pope.py --help)")
+    out = sys.argv[2] if len(sys.argv) > 2 else "runs/toy-base"
+    build_base_model(out)
+    if sys.argv[1] == "measure":
+        measure(out)

@@ -25,6 +25,7 @@ import data  # noqa: E402
 import grpo  # noqa: E402
 import reward  # noqa: E402
 import toy  # noqa: E402
+from common import request_seed  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def main() -> None:
     print(f"  {'step total':<14} {total:8.3f} s")
 
     ids = [p.prompt_ids for p in prompts[:args.prompts]]
-    seeds = [grpo.request_seed(0, 99, j) for j in range(len(ids))]
+    seeds = [request_seed(0, 99, j) for j in range(len(ids))]
     params = [SamplingParams(n=args.group_size, temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.max_new_tokens,
                              logprobs=0, seed=s) for s in seeds]
     ours, bare, tokens = [], [], 0

@@ -91,12 +91,9 @@ def fail(*args, **kwargs):
 
 @pytest.mark.parametrize("crash_in", ["train-state", "rng", "hf-model", "pointer"])
 def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tiny_model, tmp_path, monkeypatch, crash_in):
-    from transformers import AutoTokenizer
-
     policy = grpo.Scorer(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=0.1)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    good = grpo.save_checkpoint(tmp_path, 0, policy, optimizer, tokenizer, rank=0)
+    good = grpo.save_checkpoint(tmp_path, 0, policy, optimizer, tiny_model, rank=0)
     saved = {k: v.clone() for k, v in policy.state_dict().items()}
 
     with torch.no_grad():  # the next checkpoint would hold different weights
@@ -111,7 +108,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tiny_model, 
                   "hf-model": "transformers.PreTrainedModel.save_pretrained"}[crash_in]
         monkeypatch.setattr(target, fail)
     with pytest.raises(KeyboardInterrupt):
-        grpo.save_checkpoint(tmp_path, 1, policy, optimizer, tokenizer, rank=0)
+        grpo.save_checkpoint(tmp_path, 1, policy, optimizer, tiny_model, rank=0)
     monkeypatch.undo()
 
     assert grpo.latest_checkpoint(tmp_path) == good

@@ -29,9 +29,11 @@ def tiny_prompts(model: str, n: int = 8) -> list[data.Prompt]:
 def trainer_logprobs(model_dir: str, samples, temperature: float) -> list[torch.Tensor]:
     """The trainer's log-probabilities of each sample's completion tokens, recomputed from `model_dir`."""
     scorer = grpo.Scorer(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
-    seqs = [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids)) for s in samples]
-    cfg = grpo.Config(temperature=temperature, micro_batch_size=64)
-    return grpo.precompute_old_logp(scorer, seqs, cfg, "cpu", torch.autocast("cpu", enabled=False))
+    ids, attention_mask, loss_mask = grpo.batch_tensors(
+        [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids)) for s in samples], "cpu")  # [b, S]
+    with torch.no_grad():
+        logp = scorer(ids, attention_mask, loss_mask, temperature, 512)["logp"]  # [N]
+    return logp.split(loss_mask.sum(1).tolist())
 
 
 def char_fraction(char: str):

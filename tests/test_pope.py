@@ -72,13 +72,13 @@ def test_prefix_search_returns_the_shortest_solvable_candidate(tiny_model, engin
     hard = [problem(1), problem(2), problem(3), data.Problem("p4", "no solution", "4")]
     # 40 lines -> candidates of 2, 5, 7 and 10 lines (floor(0.25 * j / 4 * 40): never more than 25%)
     reward_fn = solvable_from({"p1": 2, "p2": 6, "p3": 99, "p4": 1})
-    found = data.find_prefixes(engine, tok, hard, reward_fn, tmp_path / "prefixes.jsonl", k=2, max_tokens=4)
+    found = pope.find_prefixes(engine, tok, hard, reward_fn, tmp_path / "prefixes.jsonl", k=2, max_tokens=4)
     assert (found["p1"]["lines"], found["p1"]["solvable"]) == (2, True)
     assert (found["p2"]["lines"], found["p2"]["solvable"]) == (7, True)  # 5 lines is too short, 7 is the next
     assert (found["p3"]["lines"], found["p3"]["solvable"]) == (10, False)  # fallback: the longest candidate
     assert found["p1"]["prefix"] == "\n".join(problem(1).solution.split("\n")[:2])
     assert "p4" not in found  # no oracle solution, no guided copy
-    dropped = data.find_prefixes(engine, tok, hard[2:3], reward_fn, tmp_path / "drop.jsonl", k=2, max_tokens=4,
+    dropped = pope.find_prefixes(engine, tok, hard[2:3], reward_fn, tmp_path / "drop.jsonl", k=2, max_tokens=4,
                                  fallback="drop")
     assert dropped["p3"]["prefix"] is None
 
@@ -103,10 +103,10 @@ def test_mining_and_prefix_search_resume_without_redoing_finished_problems(tiny_
     unsolved = lambda text, prompt: float(prompt.problem.id in {"p1", "p4"})  # p1, p4 are easy; the rest hard
     first = CountingEngine(engine, fail_after=2)
     with pytest.raises(KeyboardInterrupt):
-        data.mine_hard(first, tok, problems, unsolved, tmp_path / "mine.jsonl", k=2, max_tokens=4, batch_size=2)
+        pope.mine_hard(first, tok, problems, unsolved, tmp_path / "mine.jsonl", k=2, max_tokens=4, batch_size=2)
     assert len(first.prompts) == 4  # two batches of two finished before the kill
     second = CountingEngine(engine)
-    hard = data.mine_hard(second, tok, problems, unsolved, tmp_path / "mine.jsonl", k=2, max_tokens=4, batch_size=2)
+    hard = pope.mine_hard(second, tok, problems, unsolved, tmp_path / "mine.jsonl", k=2, max_tokens=4, batch_size=2)
     assert [p.id for p in hard] == ["p0", "p2", "p3", "p5"]
     assert second.prompts == [tuple(data.make_prompt(tok, p).prompt_ids) for p in problems[4:]]  # only the rest
     rows = [json.loads(line) for line in (tmp_path / "mine.jsonl.rank0").read_text().splitlines()]
@@ -116,9 +116,9 @@ def test_mining_and_prefix_search_resume_without_redoing_finished_problems(tiny_
     reward_fn = solvable_from({p.id: 2 if int(p.id[1:]) < 3 else 6 for p in problems})
     first = CountingEngine(engine, fail_after=2)  # killed before round 3
     with pytest.raises(KeyboardInterrupt):
-        data.find_prefixes(first, tok, problems, reward_fn, tmp_path / "pre.jsonl", k=2, max_tokens=4)
+        pope.find_prefixes(first, tok, problems, reward_fn, tmp_path / "pre.jsonl", k=2, max_tokens=4)
     second = CountingEngine(engine)
-    found = data.find_prefixes(second, tok, problems, reward_fn, tmp_path / "pre.jsonl", k=2, max_tokens=4)
+    found = pope.find_prefixes(second, tok, problems, reward_fn, tmp_path / "pre.jsonl", k=2, max_tokens=4)
     assert {i: row["lines"] for i, row in found.items()} == {"p0": 2, "p1": 2, "p2": 2, "p3": 7, "p4": 7, "p5": 7}
     finished_first = {p.problem for p in problems[:3]}
     sampled_again = {tok.decode(ids) for ids in second.prompts}

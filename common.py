@@ -1,0 +1,115 @@
+"""What every script here shares: configs as command-line flags, one-line errors, torchrun setup, request seeds.
+
+    @dataclass
+    class Config:
+        lr: float = opt(1e-6, "AdamW learning rate")     # becomes --lr, with this help text
+    cfg = parse_config(Config, ["--lr", "3e-6"])          # Config(lr=3e-06)
+
+    rank, world, device = init_distributed()              # (0, 1, cpu) without torchrun
+    totals = reduce_sums({"correct": 3.0, "n": 8.0}, device)   # summed over ranks (a no-op in one process)
+
+Deliberately small: no config files, no registries. A script's config is one dataclass; its help text is the
+documentation of every knob, and `python SCRIPT.py --help` prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+class ConfigError(ValueError):
+    """A bad command-line value; the message says what to change."""
+
+
+def opt(default, help: str, **kw):
+    """A config field with its --help text (and optional argparse `choices`)."""
+    return field(default=default, metadata=dict(help=help, **kw))
+
+
+def parse_config(cls, argv=None, **defaults):
+    """Build an argparse parser from a config dataclass (one --kebab-case flag per field) and parse argv.
+
+    `defaults` replace the fields' defaults (a preset); flags given explicitly still win.
+    """
+    parser = argparse.ArgumentParser(description=sys.modules[cls.__module__].__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        default = defaults.get(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"),
+                                help=f.metadata["help"])
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def check_model_path(model: str) -> None:
+    """Fail early, in one line, on a --model that is neither a local folder nor a Hub id like 'org/name'."""
+    if not model:
+        raise ConfigError("--model is required (a local HF folder or a Hub id such as Qwen/Qwen3-4B-Instruct-2507)")
+    if Path(model).exists():
+        if not (Path(model) / "config.json").is_file():
+            raise ConfigError(f"--model {model}: the folder has no config.json (not a Hugging Face model folder)")
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ConfigError(f"--model {model}: no such folder, and not a Hub id of the form org/name")
+
+
+def compute_dtype(name: str) -> torch.dtype:
+    """--dtype as a torch dtype: auto = bfloat16 on GPU, float32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device). Under torchrun: one process per GPU (nccl) or per CPU rank (gloo)."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if not dist.is_initialized():  # a caller may have started it already (e.g. to build its own engine first)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def reduce_sums(sums: dict[str, float], device, op=None) -> dict[str, float]:
+    """Add (or max, with op=MAX) metric values over ranks; a no-op in one process."""
+    if not dist.is_initialized() or not sums:
+        return sums
+    t = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return dict(zip(sums, t.tolist()))
+
+
+def request_seed(*parts: int) -> int:
+    """A reproducible vLLM request seed from (seed, step, prompt index); requests' seeds land far apart.
+
+    >>> request_seed(0, 1, 2) == request_seed(0, 1, 2) != request_seed(0, 2, 1)
+    True
+    """
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
+
+
+def shutdown() -> None:
+    """End a torchrun job cleanly once every rank is done."""
+    if dist.is_initialized():
+        dist.barrier()
+        # vLLM's external launcher has used the default group too; destroying it can raise ValueError("Invalid
+        # process group specified") (spec/cpu-stack.md §8). The run is complete at this point, so exit cleanly.
+        try:
+            dist.destroy_process_group()
+        except ValueError:
+            pass
