@@ -31,9 +31,8 @@ correct solution). The pipeline, in order:
 3. Parsing, by a small recursive-descent parser of our own (`_Parser`) into a tree of `Node`s: numbers (exact
    fractions), symbols, `\\frac` `\\sqrt[n]` `^` `!` `\\binom`, functions, `|x|`, `\\pm`, relations (`= < \\le \\ne
    \\approx \\in`), tuples and intervals, sets `\\{..\\}`, `\\cup`, ratios `a:b`, matrices, `\\sum`/`\\prod`, lists
-   separated by ",", ";", "and", "or". Model text is never handed to `eval`, to Python's compiler, or to sympy's
-   string parsers (they execute Python); the tree is built from a fixed grammar and only then turned into numbers or
-   sympy objects.
+   separated by ",", ";", "and", "or". Model text is never handed to `eval`, to Python's compiler, or to any
+   library's string parser; the tree is built from a fixed grammar and only then turned into numbers.
 4. Comparison (`is_equiv`). Lists and sets match as sets (every element on each side equals one on the other), tuples
    and intervals element by element with the same brackets, `x = 2` or `k \\in [1, 2]` against `2` or `[1, 2]`
    (Math-Verify's rule for a variable on the left; `7 = 11a + c` is not a value), equations up to a nonzero factor
@@ -43,18 +42,17 @@ correct solution). The pipeline, in order:
    branches; symbols used as sum bounds get integer values); undefined functions `f(x)` and indexed names `a_{n}` are
    pseudo-random functions, the same on both sides. Two exact forms must agree to float precision (`FLOAT_REL_TOL`,
    1e-12); a decimal answer to `rel_tol` (1e-9, ~9 significant digits: 0.0833333333333333 is 1/12, 0.0833 is not)
-   and to its last written digit (11111111100.5 is not 11111111100). Only when the numbers are inconclusive
-   (evaluation failed, or the sides differ by 1e-12..1e-6 relative: cancellation, or a near miss) is the tree
-   converted to sympy and `sympy.simplify(a - b) == 0` asked, under a time limit.
+   and to its last written digit (11111111100.5 is not 11111111100). Numbers that cannot decide (evaluation failed,
+   or the sides agree only at magnitudes above LARGE_FLOAT, where a float cannot show a difference of 1) count as
+   different: a false negative, never a false positive. (A sympy fallback for these decided none of the peer cases.)
 
 Time bounds (`math_reward` returns well under a second on any input):
 - guards before any arithmetic: answers over `MAX_ANSWER_CHARS` score 0; at most `MAX_NODES` tree nodes and
   `MAX_DEPTH` nesting levels; exact powers only while the result stays under `MAX_EXACT_BITS` bits (beyond that,
   floats, which overflow to "inconclusive" at once: `9^{9^{9^9}}` costs microseconds); factorials and binomials up
-  to `MAX_FACTORIAL`; sums up to `MAX_SUM_TERMS` terms; an evaluation step budget; sympy only sees trees whose
-  constant parts our own evaluator could compute, and constant exponents up to `MAX_SYMPY_EXPONENT`.
-- a SIGALRM timer (`setitimer`) around each call (`CALL_TIME_LIMIT_S`) and around sympy (`SYMPY_TIME_LIMIT_S`), only in
-  the main thread, nested correctly with an outer timer. In other threads there is no timer, so sympy is skipped.
+  to `MAX_FACTORIAL`; sums up to `MAX_SUM_TERMS` terms; an evaluation step budget.
+- a SIGALRM timer (`setitimer`) around each call (`CALL_TIME_LIMIT_S`), only in the main thread, nested correctly
+  with an outer timer.
 - any exception inside scores 0.0 and is counted in `STATS` (per process).
 - `RewardPool` runs calls in reused `spawn` worker processes and kills a worker whose call outlives its timeout.
 
@@ -83,7 +81,6 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
-import sympy
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Limits. Each one bounds the work a single call can do; none of them is reached by a real answer.
@@ -99,15 +96,12 @@ MAX_FACTORIAL = 1000  # 1000! has 2568 digits; larger factorials/binomials go th
 MAX_SUM_TERMS = 1000  # terms of one \sum/\prod with numeric bounds
 EVAL_BUDGET = 200_000  # evaluation steps per comparison (nested sums multiply)
 MAX_PM_ALTERNATIVES = 8  # a \pm b expands to 2 values; three \pm signs at most
-MAX_SYMPY_EXPONENT = 1000  # sympy expands integer powers eagerly; larger constant exponents are refused
 CALL_TIME_LIMIT_S = 0.5  # backstop timer per math_reward call (main thread only); guards keep calls ~1 ms
-SYMPY_TIME_LIMIT_S = 0.2  # sympy.simplify is the only step without a static bound
 ALARM_REFIRE_S = 0.05  # a timer that fired re-fires this often until its call has stopped
 REL_TOL = 1e-9  # how close a decimal answer must be to the value it approximates (~9 significant digits)
 FLOAT_REL_TOL = 1e-12  # two exact forms evaluated in floats agree to ~1e-15; this leaves room for rounding only
 ABS_TOL = 1e-12  # absolute tolerance for float values near zero (sin(pi) evaluates to 1.2e-16)
-LARGE_FLOAT = 1e6  # values that agree only above this magnitude are confirmed by sympy (x + 1 vs x at 1e12)
-NEAR_REL = 1e-6  # a relative difference below this (above FLOAT_REL_TOL) is cancellation or a near miss: ask sympy
+LARGE_FLOAT = 1e6  # agreement only above this magnitude proves nothing (x + 1 == x in floats at 1e16)
 RATIO_REL_TOL = 1e-7  # equations: (lhs - rhs) of one side over the other's must be the same constant at every point
 N_POINTS = 3  # evaluation points for expressions with free symbols; a wrong identity survives 3 random points ~never
 TAIL_CHARS = 4000  # the no-box policies search only the end of the response (the answer is at the end)
@@ -1060,7 +1054,7 @@ def _analyse(answer: str) -> _Answer:
 
 
 # =====================================================================================================================
-# 5. Numbers: evaluation at points, comparison, sympy
+# 5. Numbers: evaluation at points, comparison
 # =====================================================================================================================
 class _EvalError(Exception):
     pass
@@ -1218,7 +1212,7 @@ class _Evaluator:
             return Fraction(math.floor(x) if name == "\\floor" else math.ceil(x))
         z = complex(x)
         if name in ("\\ln", "\\log"):
-            return cmath.log(z)  # \log is the natural logarithm, as in sympy; both sides are read the same way
+            return cmath.log(z)  # \log is the natural logarithm; both sides are read the same way
         if name == "\\lg":
             return cmath.log10(z)
         functions = {
@@ -1351,14 +1345,6 @@ def _close(a: Fraction | complex, b: Fraction | complex, rel_tol: float, places:
     return diff <= tolerance * max(abs(a), abs(b)) or diff <= ABS_TOL
 
 
-def _relative_difference(a: Fraction | complex, b: Fraction | complex) -> float:
-    a, b = _as_complex(a), _as_complex(b)
-    if a is None or b is None:
-        return math.inf
-    scale = max(abs(a), abs(b))
-    return abs(a - b) / scale if scale and math.isfinite(scale) else math.inf
-
-
 def _constant_value(node: Node) -> Fraction | complex | None:
     """The value of a tree without free symbols, or None."""
     try:
@@ -1440,27 +1426,16 @@ def _scalar_equal(a: Node, b: Node, ctx: _Context) -> bool:
     if len(va) != len(vb):  # one side constant, the other not: compare the constant at every point
         va, vb = (va * N_POINTS)[:N_POINTS], (vb * N_POINTS)[:N_POINTS]
     places = _combined_places(a, b)
-    checked = 0  # points where the values agree
-    resolved = 0  # ... and agree convincingly: exactly, or at a magnitude where floats would show a difference of 1
-    near = False
-    for x, y in zip(va, vb):
+    resolved = False  # some point where they agree convincingly: exactly, to the written decimals, or where floats
+    for x, y in zip(va, vb):  # would show a difference of 1
         if x is None and y is None:
             continue
-        if x is None or y is None:
+        if x is None or y is None or not _close(x, y, ctx.rel_tol, places):
             return False
         exact = isinstance(x, Fraction) and isinstance(y, Fraction)
-        if _close(x, y, ctx.rel_tol, places):
-            checked += 1
-            # float equality proves nothing at large magnitude (z + 1 == z at |z| = 1e16); only infinities agree
-            same_infinity = x == y and not exact and not cmath.isfinite(_as_complex(x) or 0)
-            resolved += exact or places is not None or same_infinity or _magnitude(x, y) <= LARGE_FLOAT
-        elif places is None and not exact and _relative_difference(x, y) < NEAR_REL:
-            near = True  # cancellation or a near miss: let sympy decide
-        else:
-            return False
-    if near or not resolved:
-        return _sympy_equal(a, b)
-    return True
+        same_infinity = x == y and not exact and not cmath.isfinite(_as_complex(x) or 0)
+        resolved = resolved or exact or places is not None or same_infinity or _magnitude(x, y) <= LARGE_FLOAT
+    return resolved
 
 
 def _magnitude(x: Fraction | complex, y: Fraction | complex) -> float:
@@ -1501,77 +1476,6 @@ def _equations_equal(d1: Node, d2: Node, ctx: _Context, sign: str) -> bool:
     if any(abs(r - c) > RATIO_REL_TOL * abs(c) for r in ratios):
         return False
     return sign != "+" or (abs(c.imag) <= RATIO_REL_TOL * abs(c) and c.real > 0)
-
-
-# -- sympy, the exact fallback ----------------------------------------------------------------------------------------
-_SYMPY_FUNCTIONS = {
-    "\\sin": sympy.sin, "\\cos": sympy.cos, "\\tan": sympy.tan, "\\sec": sympy.sec, "\\csc": sympy.csc,
-    "\\cot": sympy.cot, "\\arcsin": sympy.asin, "\\arccos": sympy.acos, "\\arctan": sympy.atan, "\\sinh": sympy.sinh,
-    "\\cosh": sympy.cosh, "\\tanh": sympy.tanh, "\\ln": sympy.log, "\\log": sympy.log, "\\exp": sympy.exp,
-    "\\sqrt": sympy.sqrt, "\\floor": sympy.floor, "\\ceil": sympy.ceiling, "\\lg": lambda x: sympy.log(x, 10),
-}
-
-
-def _to_sympy(node: Node) -> sympy.Expr:
-    """Build a sympy expression from a checked tree (never from text). Constant parts must evaluate in our own
-    evaluator first (so no astronomically large number reaches sympy), and constant exponents stay small."""
-    kind = node.kind
-    if not _free_symbols(node) and kind not in ("num", "dec", "const", "sym"):
-        if _constant_value(node) is None:
-            raise _EvalError("constant part does not evaluate")
-    if kind in ("num", "dec"):
-        return sympy.Rational(node.value.numerator, node.value.denominator)
-    if kind == "sym":
-        return {"e": sympy.E, "i": sympy.I}.get(node.value) or sympy.Symbol(node.value)
-    if kind == "const":
-        return sympy.pi if node.value == "pi" else sympy.oo
-    if kind == "add":
-        return sympy.Add(*[_to_sympy(a) for a in node.args])
-    if kind == "mul":
-        return sympy.Mul(*[_to_sympy(a) for a in node.args])
-    if kind == "neg":
-        return -_to_sympy(node.args[0])
-    if kind == "div":
-        return _to_sympy(node.args[0]) / _to_sympy(node.args[1])
-    if kind == "pow":
-        exponent = node.args[1]
-        if not _free_symbols(exponent):
-            value = _constant_value(exponent)
-            if value is None or abs(complex(value)) > MAX_SYMPY_EXPONENT:
-                raise _EvalError("exponent too large for sympy")
-        return sympy.Pow(_to_sympy(node.args[0]), _to_sympy(exponent))
-    if kind == "root":
-        return sympy.root(_to_sympy(node.args[0]), _to_sympy(node.args[1]))
-    if kind == "func":
-        return _SYMPY_FUNCTIONS[node.value](_to_sympy(node.args[0]))
-    if kind == "abs":
-        return sympy.Abs(_to_sympy(node.args[0]))
-    if kind == "apply":
-        return sympy.Function(node.value)(*[_to_sympy(a) for a in node.args])
-    if kind == "sub":
-        return sympy.Function("_" + node.value)(_to_sympy(node.args[0]))
-    if kind in ("sum", "prod"):
-        low, high, body = (_to_sympy(a) for a in node.args)
-        operator = sympy.Sum if kind == "sum" else sympy.Product
-        return operator(body, (sympy.Symbol(node.value), low, high))
-    raise _EvalError(f"no sympy form for {kind}")
-
-
-def _sympy_equal(a: Node, b: Node) -> bool:
-    """sympy.simplify(a - b) == 0, under SYMPY_TIME_LIMIT_S; False when no timer is available (non-main thread)."""
-    if not _timer_available():
-        return False
-
-    def check() -> bool:
-        difference = sympy.simplify(_to_sympy(a) - _to_sympy(b))
-        return difference == 0
-
-    try:
-        finished, result = _call_with_time_limit(SYMPY_TIME_LIMIT_S, check)
-    except (_EvalError, KeyError, TypeError, ValueError, AttributeError, RecursionError, ZeroDivisionError,
-            OverflowError, sympy.SympifyError, NotImplementedError):
-        return False
-    return bool(finished and result)
 
 
 # =====================================================================================================================

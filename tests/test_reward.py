@@ -437,7 +437,7 @@ def test_peer_cases_accuracy_thresholds():
 
 
 def test_a_shift_by_one_is_seen_at_large_complex_magnitude():
-    """Found by the fuzz test: sqrt(sin(sqrt(-5710))) is ~1.3e16 (1 + i), where z + 1 == z in floats; sympy decides."""
+    """Found by the fuzz test: sqrt(sin(sqrt(-5710))) is ~1.3e16 (1 + i), where z + 1 == z in floats. Agreement only
+    at such a magnitude proves nothing, so it counts as "different" (LARGE_FLOAT)."""
     a = "\\sqrt{\\sin(\\sqrt{(0-5710)})}"
     assert not reward.is_equiv(f"({a}) + 1", a)
-    assert reward.is_equiv(f"2{a}", f"{a} + {a}")
