@@ -181,6 +181,7 @@ def test_near_miss_irrationals_score_zero(irrational, rational):
     ("\\sec^2(y)", "\\tan^2(y)+1", True), ("\\sec^3(y)", "\\tan^2(y)+1", False),
     ("2 \\sin b \\cos a", "2\\cos a \\sin b", True), ("2 \\sin a \\cos b", "2 \\sin b \\cos a", False),
     ("\\sqrt{x^2}", "|x|", True), ("|x|", "x", False),  # a negative point tells |x| from x
+    ("\\sin 2x", "2\\sin x\\cos x", True), ("\\sin 2x", "x \\sin 2", False),  # an unbracketed argument is a product
     ("\\frac{x^2-4}{x-2}", "x+2", True),
     ("x^{2/3}", "\\sqrt[3]{x}^2", True),
     ("f(y)", "f(y)", True), ("f(x)", "f(y)", False),
@@ -218,6 +219,7 @@ def test_equations_and_labels(pred, gold, expected):
     ("x \\in [-2, 7]", "-2 \\le x \\le 7", True), ("x \\in [-3, 7]", "-2 \\le x \\le 7", False),
     ("(0, 1)", "0 < f(x) < 1", True), ("(1, 1)", "0 < f(x) < 1", False),
     ("(3, \\infty)", "x > 3", True), ("[3, \\infty)", "x > 3", False),
+    ("(-\\infty, 3)", "x < 3", True), ("(-\\infty, 3]", "x < 3", False),
     ("f(2) < f(1) < f(4)", "f(2) < f(1) < f(4)", True), ("f(1) < f(2) < f(4)", "f(2) < f(1) < f(4)", False),
     ("x \\neq 3", "x != 3", True),
 ])
