@@ -48,9 +48,11 @@ correct solution). The pipeline, in order:
 
 Time bounds (`math_reward` returns well under a second on any input):
 - guards before any arithmetic: answers over `MAX_ANSWER_CHARS` score 0; at most `MAX_NODES` tree nodes and
-  `MAX_DEPTH` nesting levels; exact powers only while the result stays under `MAX_EXACT_BITS` bits (beyond that,
-  floats, which overflow to "inconclusive" at once: `9^{9^{9^9}}` costs microseconds); factorials and binomials up
-  to `MAX_FACTORIAL`; sums up to `MAX_SUM_TERMS` terms; an evaluation step budget.
+  `MAX_DEPTH` levels of nesting, both while parsing and in the finished tree (every recursion here then stays far
+  below Python's default recursion limit, so no score depends on `sys.getrecursionlimit()`); exact powers only while
+  the result stays under `MAX_EXACT_BITS` bits (beyond that, floats, which overflow to "inconclusive" at once:
+  `9^{9^{9^9}}` costs microseconds); factorials and binomials up to `MAX_FACTORIAL`; sums up to `MAX_SUM_TERMS`
+  terms; an evaluation step budget.
 - a SIGALRM timer (`setitimer`) around each call (`CALL_TIME_LIMIT_S`), only in the main thread, nested correctly
   with an outer timer.
 - any exception inside scores 0.0 and is counted in `STATS` (per process).
@@ -67,7 +69,6 @@ extraction (the whole response is searched), and rounding a gold decimal (a gold
 from __future__ import annotations
 
 import cmath
-import contextlib
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -89,8 +90,7 @@ from typing import Callable, NamedTuple
 # ---------------------------------------------------------------------------------------------------------------------
 MAX_ANSWER_CHARS = 1000  # a longer extracted answer is not a final answer (a 6x6 matrix of fractions is ~600)
 MAX_NODES = 2000  # parse-tree nodes per answer: keeps parsing and each evaluation linear and small
-MAX_DEPTH = 40  # nesting of brackets/fractions; each level costs ~10 Python frames of the recursive parser
-MAX_TREE_DEPTH = 150  # depth of the finished tree (1/2/3/.../n nests without brackets); evaluation recurses on it
+MAX_DEPTH = 30  # nesting while parsing (brackets, arguments) and depth of the finished tree (1/2/.../n, ---1)
 MAX_ITEMS = 40  # elements in a list/set; set comparison is quadratic in this
 MAX_BOXES = 20  # boxes looked at for box_policy="last_group"/"all_agree"
 MAX_EXACT_BITS = 20_000  # exact rationals up to ~6000 digits; beyond, floats (which overflow quickly and safely)
@@ -426,9 +426,12 @@ class _Parser:
     answer  := list (';' list)*            list := item ((',' | 'and' | 'or') item)*
     item    := union (relop union)*        union := ratio ('\\cup' ratio)*      ratio := sum (':' sum)*
     sum     := ['+'|'-'|'\\pm'] term (('+'|'-'|'\\pm'|'\\mp') term)*
-    term    := power ((mulop | divop | <juxtaposition>) power)*
-    power   := postfix ['^' exponent]      postfix := primary ('!' | "'")*
+    term    := factor ((mulop | divop | <juxtaposition>) factor)*      factor := ('-'|'+')* power
+    power   := postfix ['^' ('-'|'+')* postfix]                       postfix := primary '!'*
     primary := number | letter [subscript] | command ... | '(' list ')' | '[' list ')' | '{' list '}' | '|' sum '|'
+
+    Every cycle of the grammar passes through `parse_primary`, which counts the nesting: at most MAX_DEPTH levels,
+    each ~12 Python frames deep (~350 frames in all; Python's default limit is 1000).
     """
 
     def __init__(self, text: str):
@@ -463,16 +466,6 @@ class _Parser:
         if self.take()[1] != text:
             raise _ParseError(f"expected {text!r}")
 
-    @contextlib.contextmanager
-    def nested(self):
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _ParseError("nesting too deep")
-        try:
-            yield
-        finally:
-            self.depth -= 1
-
     # -- lists and relations ------------------------------------------------------------------------------------------
     def parse_answer(self) -> Node:
         groups = [self.parse_list(closers=(";",))]
@@ -502,13 +495,12 @@ class _Parser:
         return self.node("list", tuple(items))
 
     def parse_item(self) -> Node:
-        with self.nested():
-            parts = [self.parse_union()]
-            ops = []
-            while self.peek()[1] in _REL_OPS and self.peek()[0] in ("op", "cmd"):
-                ops.append(_REL_OPS[self.take()[1]])
-                parts.append(self.parse_union())
-            return parts[0] if not ops else self.node("rel", tuple(parts), tuple(ops))
+        parts = [self.parse_union()]
+        ops = []
+        while self.peek()[1] in _REL_OPS and self.peek()[0] in ("op", "cmd"):
+            ops.append(_REL_OPS[self.take()[1]])
+            parts.append(self.parse_union())
+        return parts[0] if not ops else self.node("rel", tuple(parts), tuple(ops))
 
     def parse_union(self) -> Node:
         parts = [self.parse_ratio()]
@@ -583,42 +575,43 @@ class _Parser:
         return factors[0] if len(factors) == 1 else self.node("mul", tuple(factors))
 
     def parse_factor(self) -> Node:
-        if self.at("-", "+"):  # "2 \cdot -3"
-            sign = self.take()[1]
-            with self.nested():
-                factor = self.parse_factor()
-            return self.node("neg", (factor,)) if sign == "-" else factor
-        return self.parse_power()
+        return self.signed(self.parse_power)  # "2 \cdot -3"
 
     def parse_power(self) -> Node:
-        base = self.parse_postfix(self.parse_primary())
+        base = self.parse_postfix()
         if self.at("^"):
             self.take()
-            exponent = self.parse_exponent()
-            return self.node("pow", (base, exponent))
+            return self.node("pow", (base, self.parse_exponent()))
         return base
 
     def parse_exponent(self) -> Node:
-        if self.at("-", "+"):
-            sign = self.take()[1]
-            with self.nested():
-                exponent = self.parse_exponent()
-            return self.node("neg", (exponent,)) if sign == "-" else exponent
-        return self.parse_postfix(self.parse_primary())
+        return self.signed(self.parse_postfix)  # 2^-1, 2^{-1}
 
-    def parse_postfix(self, node: Node) -> Node:
+    def parse_postfix(self) -> Node:
+        """A primary and its factorials: 5!, (n+1)!!."""
+        node = self.parse_primary()
         while self.at("!"):
             self.take()
             node = self.node("fact", (node,))
         return node
 
+    def signed(self, parse: Callable[[], Node]) -> Node:
+        """What `parse` reads, after any number of signs: "--3" is neg(neg(3))."""
+        signs = []
+        while self.at("-", "+"):
+            signs.append(self.take()[1])
+        node = parse()
+        for sign in reversed(signs):
+            if sign == "-":
+                node = self.node("neg", (node,))
+        return node
+
     # -- primaries ----------------------------------------------------------------------------------------------------
     def parse_group(self, closer: str) -> Node:
         """One item and its closer (the opener already taken), e.g. the TeX argument {x+1}."""
-        with self.nested():
-            item = self.parse_item()
-            self.expect(closer)
-            return item
+        item = self.parse_item()
+        self.expect(closer)
+        return item
 
     def parse_arg(self) -> Node:
         """A TeX macro argument: {group}, or a single token (one digit of a number: \\frac13 is 1/3)."""
@@ -643,18 +636,28 @@ class _Parser:
         self.expect("_")
         if self.at("{"):
             self.take()
-            with self.nested():
-                index = self.parse_list(closers=("}",))
-                self.expect("}")
+            index = self.parse_list(closers=("}",))
+            self.expect("}")
             return index.args[0] if len(index.args) == 1 else self.node("bracket", index.args, "()")
         return self.parse_arg()
 
     def parse_primary(self) -> Node:
+        """One level of nesting (every cycle of the grammar passes through here), then read_primary."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _ParseError("nesting too deep")
+        node = self.read_primary()
+        self.depth -= 1  # (after a _ParseError the whole parse is abandoned, so no `finally` is needed)
+        return node
+
+    def read_primary(self) -> Node:
         kind, text = self.take()
         if kind == "num":
             if self.at("_"):
                 base = self.parse_subscript()
-                return self.node("basen", value=f"{text}_{_key(base)}")
+                if base.kind != "num":
+                    raise _ParseError("a numeral's base must be a number")
+                return self.node("basen", value=f"{text}_{base.value}")
             return self.number(text)
         if kind == "id":
             return self.parse_letter(text)
@@ -663,16 +666,14 @@ class _Parser:
         if text == "(" or text == "[":
             return self.parse_bracket(text)
         if text == "{":
-            with self.nested():
-                inner = self.parse_list(closers=("}",))
-                self.expect("}")
+            inner = self.parse_list(closers=("}",))
+            self.expect("}")
             if len(inner.args) == 1:
                 return inner.args[0]
             return self.node("set", inner.args)
         if text == "|" and self.abs_depth == 0:
             self.abs_depth += 1
-            with self.nested():
-                inner = self.parse_sum()
+            inner = self.parse_sum()
             self.abs_depth -= 1
             self.expect("|")
             return self.node("abs", (inner,))
@@ -680,8 +681,7 @@ class _Parser:
 
     def parse_bracket(self, opener: str) -> Node:
         """( ... ) or [ ... ] or a half-open interval; one item in round brackets is just grouping."""
-        with self.nested():
-            inner = self.parse_list(closers=(")", "]"), separators=(",", ";"))
+        inner = self.parse_list(closers=(")", "]"), separators=(",", ";"))
         closer = self.take()[1]
         if closer not in (")", "]"):
             raise _ParseError("unclosed bracket")
@@ -701,8 +701,7 @@ class _Parser:
             node = self.node("sub", (index,), name)
         elif letter in _FUNCTION_LETTERS and self.at("("):
             self.take()
-            with self.nested():
-                args = self.parse_list(closers=(")",))
+            args = self.parse_list(closers=(")",))
             self.expect(")")
             node = self.node("apply", args.args, name)
         else:
@@ -734,8 +733,7 @@ class _Parser:
         if cmd == "\\begin":
             return self.parse_matrix()
         if cmd == "\\{":
-            with self.nested():
-                inner = self.parse_list(closers=("\\}",))
+            inner = self.parse_list(closers=("\\}",))
             self.expect("\\}")
             return self.node("set", inner.args)
         if cmd == "\\angle":  # \angle ABC names a quantity, like ABC
@@ -818,16 +816,19 @@ class _Parser:
         return name
 
 
+def _children(node: Node) -> tuple[Node, ...]:
+    """The child nodes (a matrix holds them in rows)."""
+    return tuple(c for row in node.args for c in row) if node.kind == "matrix" else node.args
+
+
 def _tree_depth(root: Node) -> int:
-    """Depth of a tree, computed without recursion (the tree may be too deep to recurse on)."""
+    """Depth of a tree, computed without recursion (it is not yet known to be shallow)."""
     deepest = 0
     stack = [(root, 1)]
     while stack:
         node, depth = stack.pop()
         deepest = max(deepest, depth)
-        for child in node.args:
-            children = child if isinstance(child, tuple) else (child,)  # matrix rows are tuples of nodes
-            stack.extend((c, depth + 1) for c in children if isinstance(c, Node))
+        stack.extend((child, depth + 1) for child in _children(node))
     return deepest
 
 
@@ -995,10 +996,10 @@ def _analyse(answer: str) -> _Answer:
         return _Answer((Node("text", value=text),), percent, compact)
     try:
         tree = _Parser(normalized).parse_answer()
-        if _tree_depth(tree) > MAX_TREE_DEPTH:
+        if _tree_depth(tree) > MAX_DEPTH:  # 1/2/.../n, 1!!!...! and ---1 nest without recursion in the parser
             raise _ParseError("tree too deep")
         items = _answer_items(tree)
-    except (_ParseError, RecursionError, ValueError, ZeroDivisionError):
+    except _ParseError:
         items = (Node("text", value=compact),)
     return _Answer(items, percent, compact)
 
@@ -1282,7 +1283,7 @@ def _constant_value(node: Node) -> Fraction | complex | None:
     """The value of a tree without free symbols, or None."""
     try:
         return _Evaluator({}, 0).ev(node)
-    except (_EvalError, OverflowError, RecursionError):
+    except (_EvalError, OverflowError):
         return None
 
 
@@ -1327,7 +1328,7 @@ class _Context:
             for j, env in enumerate(points):
                 try:
                     out.append(_Evaluator(dict(env), j).ev(node))
-                except (_EvalError, OverflowError, RecursionError):
+                except (_EvalError, OverflowError):
                     out.append(None)
             self.values[key] = out
             self.keep.append(node)
