@@ -79,9 +79,9 @@ import threading
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Callable, NamedTuple
 
 
@@ -113,16 +113,8 @@ BOX_POLICIES = ("last_group", "last", "all_agree")
 NO_BOX_POLICIES = ("zero", "answer_phrase", "last_number")
 
 
-@dataclass
-class RewardStats:
-    """Counters of this process's math_reward calls; `failures` counts internal errors and timeouts (scored 0.0)."""
-
-    calls: int = 0
-    failures: int = 0
-    timeouts: int = 0
-
-
-STATS = RewardStats()
+# This process's math_reward calls scored 0.0 by an internal error or by the timer (failures), and by the timer alone.
+STATS = SimpleNamespace(failures=0, timeouts=0)
 
 
 # =====================================================================================================================
@@ -1569,16 +1561,12 @@ class _Timeout(BaseException):
     swallow it; `args[0]` identifies the timer that fired."""
 
 
-def _timer_available() -> bool:
-    """SIGALRM timers work only in the main thread, on POSIX, and when the current handler can be restored."""
-    return (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGALRM) is not None)
-
-
 def _call_with_time_limit(seconds: float, fn: Callable, *args) -> tuple[bool, object]:
     """(True, fn(*args)), or (False, None) if it ran past `seconds`. Uses SIGALRM in the main thread and nests
     with an outer timer (the outer one keeps its deadline); elsewhere fn simply runs."""
-    if not _timer_available():
+    # SIGALRM timers work only in the main thread, on POSIX, and when the current handler can be restored.
+    if not (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGALRM) is not None):
         return True, fn(*args)
     outer_remaining, outer_interval = signal.getitimer(signal.ITIMER_REAL)
     if outer_remaining and outer_remaining <= seconds:
@@ -1611,6 +1599,19 @@ def _call_with_time_limit(seconds: float, fn: Callable, *args) -> tuple[bool, ob
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-4), outer_interval)
 
 
+def _guarded_call(fn: Callable, args: tuple, timeout_s: float) -> tuple[float, str | None]:
+    """(fn(*args) as a float, None); or (0.0, "timeout") past timeout_s; or (0.0, "error") when it raised or returned
+    a non-finite value."""
+    try:
+        finished, value = _call_with_time_limit(timeout_s, fn, *args)
+        if not finished:
+            return 0.0, "timeout"
+        value = float(value)
+    except Exception:  # the one boundary where any failure inside a reward function becomes a 0 reward
+        return 0.0, "error"
+    return (value, None) if math.isfinite(value) else (0.0, "error")
+
+
 def _score(response: str, gold: str, box_policy: str, no_box_policy: str, rel_tol: float) -> float:
     answer = extract_answer(response, box_policy=box_policy, no_box_policy=no_box_policy)
     return 1.0 if answer is not None and is_equiv(answer, gold, rel_tol=rel_tol) else 0.0
@@ -1622,55 +1623,38 @@ def math_reward(response: str, gold: str, *, box_policy: str = "last_group", no_
     call past CALL_TIME_LIMIT_S scores 0.0 and is counted in STATS. (An unknown policy name is a ValueError.)"""
     if box_policy not in BOX_POLICIES or no_box_policy not in NO_BOX_POLICIES:
         raise ValueError(f"unknown policy: box_policy={box_policy!r}, no_box_policy={no_box_policy!r}")
-    STATS.calls += 1
     if isinstance(gold, (int, float, Fraction)):
         gold = str(gold)
-    try:
-        finished, score = _call_with_time_limit(CALL_TIME_LIMIT_S, _score, response, gold, box_policy,
-                                                no_box_policy, rel_tol)
-    except Exception:  # the one boundary where any internal failure becomes a 0 reward
-        STATS.failures += 1
-        return 0.0
-    if not finished:
-        STATS.failures += 1
-        STATS.timeouts += 1
-        return 0.0
+    score, failure = _guarded_call(_score, (response, gold, box_policy, no_box_policy, rel_tol), CALL_TIME_LIMIT_S)
+    STATS.failures += failure is not None
+    STATS.timeouts += failure == "timeout"
     return score
+
+
+def prompt_reward(text: str, prompt) -> float:
+    """The trainer's default reward for a `data.Prompt`: `math_reward` against its problem's gold answer. It lives
+    here, in a module that imports no torch or vLLM, so `RewardPool` workers start in a fraction of a second."""
+    return math_reward(text, prompt.problem.answer)
 
 
 # =====================================================================================================================
 # 8. RewardPool: scoring in worker processes
 # =====================================================================================================================
-def _guarded_call(fn: Callable, args: tuple, timeout_s: float) -> tuple[float, bool]:
-    """(score, failed): a call that raises, runs past timeout_s or returns a non-finite value scores 0.0."""
-    try:
-        finished, value = _call_with_time_limit(timeout_s, fn, *args)
-        if finished:
-            value = float(value)
-            if math.isfinite(value):
-                return value, False
-    except Exception:  # the pool's boundary: the reward function is arbitrary code
-        pass
-    return 0.0, True
-
-
 def _worker_main(conn, timeout_s: float) -> None:
-    """A worker process: receive (index, pickled (fn, args)), send back (index, score, failed, checker failures)."""
+    """A worker process: receive (index, pickled (fn, args)), send back (index, score, failed), until killed."""
     conn.send("ready")
     while True:
         try:
-            message = conn.recv()
-        except (EOFError, OSError):
+            index, payload = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
             return
-        if message is None:
-            return
-        index, payload = message
         try:
             fn, args = pickle.loads(payload)
-            score, failed = _guarded_call(fn, args, timeout_s)
         except Exception:  # unpickling failed (e.g. the function's module does not import here)
-            score, failed = 0.0, True
-        conn.send((index, score, failed, STATS.failures))
+            conn.send((index, 0.0, True))
+            continue
+        score, failure = _guarded_call(fn, args, timeout_s)
+        conn.send((index, score, failure is not None))
 
 
 class _Worker:
@@ -1681,7 +1665,6 @@ class _Worker:
         self.process = context.Process(target=_worker_main, args=(child_conn, timeout_s), daemon=True)
         self.process.start()
         child_conn.close()
-        self.checker_failures = 0
 
     def wait_ready(self, timeout_s: float) -> bool:
         try:
@@ -1696,22 +1679,15 @@ class _Worker:
 
 
 class RewardPool:
-    """Scores calls fn(*args) -> float in worker processes so a pathological case cannot stall training.
+    """Scores calls fn(*args) -> float in worker processes so a pathological case cannot stall training:
+    `pool = RewardPool(workers=4, timeout_s=5.0); scores = pool.map(reward_fn, [(text, prompt), ...]); pool.close()`.
 
     workers=0 runs the calls in this process (with the same SIGALRM time limit when called from the main thread).
     Workers use the `spawn` start method (the trainer holds a vLLM engine and torch threads; fork is unsafe), start on
-    the first `map` (never at import or construction), and are reused; a worker whose call outlives `timeout_s` (+1 s
-    grace, for code that ignores signals) is killed and replaced, and that call scores 0.0. `failures` counts calls
-    that raised, timed out or returned a non-finite value; `checker_failures` counts math_reward's own internal
-    failures (scored 0 inside the call) reported back by the workers.
-
-        pool = RewardPool(workers=4, timeout_s=5.0)
-        scores = pool.map(reward_fn, [(completion_text, item), ...])   # reward_fn: a module-level function
-        pool.failures, pool.checker_failures
-        pool.close()
-
-    Each worker imports the module that defines `fn` (spawn pickles functions by reference): a reward_fn defined
-    in a module that imports torch or vLLM makes every worker import them too (seconds of startup, once).
+    the first `map`, and are reused; a worker whose call outlives `timeout_s` (+HARD_KILL_GRACE_S, for code that
+    ignores signals) is killed and replaced, and that call scores 0.0. `failures` counts calls that raised, timed out
+    or returned a non-finite value. `reward_fn` must be a module-level function: spawn pickles it by reference, so
+    every worker imports its module once (seconds, if that module imports torch or vLLM).
     """
 
     STARTUP_TIMEOUT_S = 120.0  # a fresh spawn worker imports this module (and fn's module) before it is ready
@@ -1722,14 +1698,6 @@ class RewardPool:
         self.failures = 0
         self._context = multiprocessing.get_context("spawn")
         self._idle: list[_Worker] = []
-        self._retired_checker_failures = 0
-        self._baseline_checker_failures = STATS.failures
-
-    @property
-    def checker_failures(self) -> int:
-        if self.workers == 0:
-            return STATS.failures - self._baseline_checker_failures
-        return self._retired_checker_failures + sum(w.checker_failures for w in self._idle)
 
     def _start_workers(self, count: int) -> None:
         fresh = [_Worker(self._context, self.timeout_s) for _ in range(count)]
@@ -1739,74 +1707,51 @@ class RewardPool:
                 raise RuntimeError("RewardPool: a worker process failed to start")
             self._idle.append(worker)
 
-    def _retire(self, worker: _Worker) -> None:
-        self._retired_checker_failures += worker.checker_failures
+    def _replace(self, worker: _Worker) -> None:
+        """A worker that died or hung: its call scores 0.0 and counts as a failure; a fresh worker takes its place."""
+        self.failures += 1
         worker.kill()
+        self._start_workers(1)
 
     def map(self, fn: Callable, args: list[tuple]) -> list[float]:
         """Scores in the order of `args`; never raises for a failing call (it scores 0.0 and is counted)."""
         if self.workers == 0:
-            results = []
-            for call_args in args:
-                score, failed = _guarded_call(fn, tuple(call_args), self.timeout_s)
-                self.failures += failed
-                results.append(score)
-            return results
+            calls = [_guarded_call(fn, tuple(a), self.timeout_s) for a in args]
+            self.failures += sum(failure is not None for _, failure in calls)
+            return [score for score, _ in calls]
         payloads = [pickle.dumps((fn, tuple(a))) for a in args]  # fails loudly for a lambda: a programming error
         if len(self._idle) < self.workers:
             self._start_workers(self.workers - len(self._idle))
         results = [0.0] * len(args)
         pending = deque(range(len(args)))
-        busy: dict[_Worker, tuple[int, float]] = {}
+        busy: dict[_Worker, float] = {}  # worker -> when its call started
         while pending or busy:
             while pending and self._idle:
                 worker, index = self._idle.pop(), pending.popleft()
                 worker.conn.send((index, payloads[index]))
-                busy[worker] = (index, time.monotonic())
-            deadline = min(started for _, started in busy.values()) + self.timeout_s + HARD_KILL_GRACE_S
+                busy[worker] = time.monotonic()
+            deadline = min(busy.values()) + self.timeout_s + HARD_KILL_GRACE_S
             timeout = max(0.0, deadline - time.monotonic())
             ready = multiprocessing.connection.wait([w.conn for w in busy], timeout=timeout)
             for worker in [w for w in busy if w.conn in ready]:
-                index, _ = busy.pop(worker)
+                del busy[worker]
                 try:
-                    got_index, score, failed, worker.checker_failures = worker.conn.recv()
-                    results[got_index] = score
-                    self.failures += failed
-                    self._idle.append(worker)
+                    index, score, failed = worker.conn.recv()
                 except (EOFError, OSError):  # the worker died (e.g. killed for memory)
-                    self.failures += 1
-                    self._retire(worker)
-                    self._start_workers(1)
+                    self._replace(worker)
+                    continue
+                results[index] = score
+                self.failures += failed
+                self._idle.append(worker)
             now = time.monotonic()
-            for worker, (index, started) in list(busy.items()):
+            for worker, started in list(busy.items()):
                 if now - started > self.timeout_s + HARD_KILL_GRACE_S:
                     del busy[worker]
-                    self.failures += 1
-                    self._retire(worker)
-                    self._start_workers(1)
+                    self._replace(worker)
         return results
 
     def close(self) -> None:
-        """Stop the worker processes (a later `map` starts new ones)."""
+        """Stop the worker processes, idle between calls (a later `map` starts new ones)."""
         for worker in self._idle:
-            try:
-                worker.conn.send(None)
-            except (OSError, ValueError):
-                pass
-            worker.process.join(timeout=2)
-            self._retire(worker)
+            worker.kill()
         self._idle = []
-
-    def __enter__(self) -> RewardPool:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def prompt_reward(text: str, prompt) -> float:
-    """The trainer's default reward for a `data.Prompt`: `math_reward` against its problem's gold answer.
-
-    It lives here, in a module that imports no torch or vLLM, so `RewardPool` workers start in a fraction of a second.
-    """
-    return math_reward(text, prompt.problem.answer)
