@@ -1,7 +1,7 @@
-"""Unit tests of reward.py: one group per extraction policy, normalisation rule and equivalence rule, each with
-near-miss negatives (a false positive is the costly mistake in RL), then time bounds, the recursion-limit
-independence, failure counting, RewardPool, and the peer-case accuracy thresholds (skipped when ../shared/peer-cases
-is absent)."""
+"""Unit tests of reward.py and the mathexpr.py behind it: one group per extraction policy, normalisation rule and
+equivalence rule, each with near-miss negatives (a false positive is the costly mistake in RL), then time bounds, the
+recursion-limit independence, failure counting, RewardPool, and the peer-case accuracy thresholds (skipped when
+../shared/peer-cases is absent)."""
 
 from __future__ import annotations
 
@@ -330,7 +330,7 @@ def test_pathological_inputs_are_fast_and_wrong(response):
     assert time.perf_counter() - start < 1.0
 
 
-# Answers nested far deeper than reward.MAX_DEPTH, each equal to its gold if it were read: a parser bounded only by
+# Answers nested far deeper than mathexpr.MAX_DEPTH, each equal to its gold if it were read: a parser bounded only by
 # Python's recursion limit reads them with a raised limit (and scores 1) but not with the default one (and scores 0).
 DEEP_ANSWERS = [
     ("\\boxed{" + "1/" * 400 + "1}", "1"),
@@ -353,7 +353,7 @@ print(json.dumps({"scores": scores, "internal_failures": reward.STATS.failures})
 
 def test_scores_do_not_depend_on_the_recursion_limit():
     """The same deep answers score the same in a fresh worker (default limit) and in a trainer where some library
-    raised the limit: the parser's depth is bounded by reward.MAX_DEPTH, and no RecursionError occurs."""
+    raised the limit: the parser's depth is bounded by mathexpr.MAX_DEPTH, and no RecursionError occurs."""
     def score_in_subprocess(limit: int) -> dict:
         done = subprocess.run([sys.executable, "-c", SCORE_DEEP_ANSWERS, str(limit)], input=json.dumps(DEEP_ANSWERS),
                               capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
@@ -478,6 +478,6 @@ def test_peer_cases_accuracy_thresholds():
 
 def test_a_shift_by_one_is_seen_at_large_complex_magnitude():
     """Found by the fuzz test: sqrt(sin(sqrt(-5710))) is ~1.3e16 (1 + i), where z + 1 == z in floats. Agreement only
-    at such a magnitude proves nothing, so it counts as "different" (LARGE_FLOAT)."""
+    at such a magnitude proves nothing, so it counts as "different" (mathexpr.LARGE_FLOAT)."""
     a = "\\sqrt{\\sin(\\sqrt{(0-5710)})}"
     assert not reward.is_equiv(f"({a}) + 1", a)
