@@ -96,8 +96,11 @@ class ParseError(Exception):
 
 def parse(text: str) -> tuple[Node, ...]:
     """The elements of a normalised answer in canonical form: one, or several for a list or set."""
-    tree = _Parser(text).parse_answer()
-    if _tree_depth(tree) > MAX_DEPTH:  # 1/2/.../n, 1!!!...! and ---1 nest without recursion in the parser
+    parser = _Parser(text)
+    tree = parser.parse_answer()
+    # 1/2/.../n, 1!!!...! and ---1 nest without recursion in the parser. (No tree is deeper than its node count, so
+    # most answers skip the walk.)
+    if parser.nodes > MAX_DEPTH and _tree_depth(tree) > MAX_DEPTH:
         raise ParseError("tree too deep")
     return _answer_items(tree)
 
@@ -188,7 +191,8 @@ class _Parser:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else ("end", "")
 
     def at(self, *texts: str) -> bool:
-        return self.peek()[1] in texts and self.peek()[0] != "end"
+        kind, text = self.peek()
+        return text in texts and kind != "end"
 
     def take(self) -> tuple[str, str]:
         token = self.peek()
