@@ -1,12 +1,15 @@
-"""Unit tests of reward.py: one group per extraction policy, normalisation rule and equivalence rule, each with
-near-miss negatives (a false positive is the costly mistake in RL), then time bounds, failure counting, RewardPool,
-and the peer-case accuracy thresholds (skipped when ../shared/peer-cases is absent)."""
+"""Unit tests of reward.py and the mathexpr.py behind it: one group per extraction policy, normalisation rule and
+equivalence rule, each with near-miss negatives (a false positive is the costly mistake in RL), then time bounds, the
+recursion-limit independence, failure counting, RewardPool, and the peer-case accuracy thresholds (skipped when
+../shared/peer-cases is absent)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,8 @@ import pytest
 import reward
 from reward import RewardPool, extract_answer, is_equiv, math_reward, normalize
 
-PEER_CASES = Path(__file__).resolve().parents[1] / "../shared/peer-cases/math_answer_cases.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+PEER_CASES = ROOT / "../shared/peer-cases/math_answer_cases.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -181,6 +185,7 @@ def test_near_miss_irrationals_score_zero(irrational, rational):
     ("\\sec^2(y)", "\\tan^2(y)+1", True), ("\\sec^3(y)", "\\tan^2(y)+1", False),
     ("2 \\sin b \\cos a", "2\\cos a \\sin b", True), ("2 \\sin a \\cos b", "2 \\sin b \\cos a", False),
     ("\\sqrt{x^2}", "|x|", True), ("|x|", "x", False),  # a negative point tells |x| from x
+    ("\\sin 2x", "2\\sin x\\cos x", True), ("\\sin 2x", "x \\sin 2", False),  # an unbracketed argument is a product
     ("\\frac{x^2-4}{x-2}", "x+2", True),
     ("x^{2/3}", "\\sqrt[3]{x}^2", True),
     ("f(y)", "f(y)", True), ("f(x)", "f(y)", False),
@@ -218,6 +223,7 @@ def test_equations_and_labels(pred, gold, expected):
     ("x \\in [-2, 7]", "-2 \\le x \\le 7", True), ("x \\in [-3, 7]", "-2 \\le x \\le 7", False),
     ("(0, 1)", "0 < f(x) < 1", True), ("(1, 1)", "0 < f(x) < 1", False),
     ("(3, \\infty)", "x > 3", True), ("[3, \\infty)", "x > 3", False),
+    ("(-\\infty, 3)", "x < 3", True), ("(-\\infty, 3]", "x < 3", False),
     ("f(2) < f(1) < f(4)", "f(2) < f(1) < f(4)", True), ("f(1) < f(2) < f(4)", "f(2) < f(1) < f(4)", False),
     ("x \\neq 3", "x != 3", True),
 ])
@@ -322,6 +328,40 @@ def test_pathological_inputs_are_fast_and_wrong(response):
     start = time.perf_counter()  # the gold is one no response equals (1/1/.../1 IS 1: with gold "1" it may score 1)
     assert math_reward(response, "7/3") == 0.0
     assert time.perf_counter() - start < 1.0
+
+
+# Answers nested far deeper than mathexpr.MAX_DEPTH, each equal to its gold if it were read: a parser bounded only by
+# Python's recursion limit reads them with a raised limit (and scores 1) but not with the default one (and scores 0).
+DEEP_ANSWERS = [
+    ("\\boxed{" + "1/" * 400 + "1}", "1"),
+    ("\\boxed{" + "(" * 300 + "1" + ")" * 300 + "}", "1"),
+    ("\\boxed{" + "\\frac{1}{" * 90 + "1" + "}" * 90 + "}", "1"),
+    ("\\boxed{" + "1^{" * 200 + "1" + "}" * 200 + "}", "1"),
+    ("\\boxed{" + "\\sin " * 150 + "0}", "0"),
+    ("\\boxed{" + "-" * 400 + "1}", "1"),
+    ("\\boxed{1" + "!" * 400 + "}", "1"),
+]
+SCORE_DEEP_ANSWERS = """
+import json, sys
+if int(sys.argv[1]):
+    sys.setrecursionlimit(int(sys.argv[1]))
+import reward
+scores = [reward.math_reward(response, gold) for response, gold in json.load(sys.stdin)]
+print(json.dumps({"scores": scores, "internal_failures": reward.STATS.failures}))
+"""
+
+
+def test_scores_do_not_depend_on_the_recursion_limit():
+    """The same deep answers score the same in a fresh worker (default limit) and in a trainer where some library
+    raised the limit: the parser's depth is bounded by mathexpr.MAX_DEPTH, and no RecursionError occurs."""
+    def score_in_subprocess(limit: int) -> dict:
+        done = subprocess.run([sys.executable, "-c", SCORE_DEEP_ANSWERS, str(limit)], input=json.dumps(DEEP_ANSWERS),
+                              capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
+        return json.loads(done.stdout)
+
+    default, raised = score_in_subprocess(0), score_in_subprocess(100_000)
+    assert default == raised
+    assert default["internal_failures"] == 0
 
 
 def test_internal_failure_scores_zero_and_is_counted(monkeypatch):
@@ -437,7 +477,7 @@ def test_peer_cases_accuracy_thresholds():
 
 
 def test_a_shift_by_one_is_seen_at_large_complex_magnitude():
-    """Found by the fuzz test: sqrt(sin(sqrt(-5710))) is ~1.3e16 (1 + i), where z + 1 == z in floats; sympy decides."""
+    """Found by the fuzz test: sqrt(sin(sqrt(-5710))) is ~1.3e16 (1 + i), where z + 1 == z in floats. Agreement only
+    at such a magnitude proves nothing, so it counts as "different" (mathexpr.LARGE_FLOAT)."""
     a = "\\sqrt{\\sin(\\sqrt{(0-5710)})}"
     assert not reward.is_equiv(f"({a}) + 1", a)
-    assert reward.is_equiv(f"2{a}", f"{a} + {a}")
