@@ -18,7 +18,9 @@ import argparse
 import dataclasses
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,10 @@ import torch.distributed as dist
 
 class ConfigError(ValueError):
     """A bad command-line value; the message says what to change."""
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message names the file, the line and the field."""
 
 
 def opt(default, help: str, **kw):
@@ -73,14 +79,18 @@ def compute_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). Under torchrun: one process per GPU (nccl) or per CPU rank (gloo)."""
+def init_distributed(timeout_minutes: float = 240.0) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device). Under torchrun: one process per GPU (nccl) or per CPU rank (gloo).
+
+    `timeout_minutes` bounds how long a collective waits for the slowest rank (torch's default, 10 minutes for nccl,
+    is shorter than one rank sampling 16k-token responses while another waits at the next collective)."""
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():  # a caller may have started it already (e.g. to build its own engine first)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=timedelta(minutes=timeout_minutes))
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
 
@@ -101,6 +111,22 @@ def request_seed(*parts: int) -> int:
     True
     """
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
+
+
+@contextmanager
+def one_line_errors(timeout_minutes: float | None = None):
+    """End the process with one line, `error: ...`, on a bad setting or data file, or on a collective that timed
+    out (the line names --dist-timeout-minutes); anything else keeps its traceback."""
+    try:
+        yield
+    except (ConfigError, DataError) as e:
+        sys.exit(f"error: {e}")
+    except RuntimeError as e:  # torch.distributed.DistBackendError among them
+        if timeout_minutes is None or "timed out" not in str(e).lower():
+            raise
+        sys.exit(f"error: a collective waited more than {timeout_minutes:g} min for another rank (--dist-timeout-"
+                 f"minutes {timeout_minutes:g}; raise it when one rank samples that long alone): "
+                 f"{str(e).splitlines()[0][:200]}")
 
 
 def shutdown() -> None:

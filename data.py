@@ -17,13 +17,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import DataError
+
 # The system prompt of the POPE authors' PipelineRL config (conf/pope.yaml: actor.system_prompt), used for guided and
 # unguided prompts alike so that the two differ only by the guidance (spec/algorithms.md §2.5).
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-class DataError(ValueError):
-    """A data file or row that cannot be used; the message names the file, the line and the field."""
 
 
 @dataclass

@@ -62,8 +62,8 @@ from transformers import AutoTokenizer
 
 import data
 import reward
-from common import (ConfigError, check_model_path, compute_dtype, init_distributed, opt, parse_config, reduce_sums,
-                    request_seed)
+from common import (ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors, opt, parse_config,
+                    reduce_sums, request_seed)
 from rollout import Engine
 
 
@@ -95,6 +95,8 @@ class EvalConfig:
     vllm_kv_cache_bytes: int = opt(0, "explicit KV-cache size in bytes; 0 = from utilization (CPU default 64 MiB)")
     reward_workers: int = opt(0, "processes for reward scoring (0 = in this process)")
     reward_timeout: float = opt(10.0, "seconds before a reward call is abandoned and scored 0")
+    dist_timeout_minutes: float = opt(240.0, "torchrun: how long a collective waits for the slowest rank (each rank "
+                                      "samples its share of a benchmark before the rows are gathered)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
     if not names:
         raise ConfigError("--benchmarks is empty: name at least one (e.g. aime-2025)")
     problems = {name: load_benchmark(name, cfg.limit) for name in names}
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(cfg.dist_timeout_minutes)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     prompts = {name: [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in ps] for name, ps in problems.items()}
     needed = max(len(p.prompt_ids) for ps in prompts.values() for p in ps) + cfg.max_new_tokens
@@ -475,13 +477,13 @@ def report(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Evaluate a model (flags of EvalConfig), or report on saved files (--compare / --plot / --plot-metrics)."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        if any(a.split("=")[0] in ("--compare", "--plot", "--plot-metrics") for a in argv):
+    if any(a.split("=")[0] in ("--compare", "--plot", "--plot-metrics") for a in argv):
+        with one_line_errors():
             report(argv)
-        else:
-            run(parse_config(EvalConfig, argv))
-    except (ConfigError, data.DataError) as e:
-        sys.exit(f"error: {e}")
+    else:
+        cfg = parse_config(EvalConfig, argv)
+        with one_line_errors(cfg.dist_timeout_minutes):
+            run(cfg)
 
 
 if __name__ == "__main__":

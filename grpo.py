@@ -38,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,12 +55,13 @@ from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 import data
 import evaluate
 import reward
-from common import (ConfigError, check_model_path, compute_dtype, init_distributed, opt, parse_config, reduce_sums,
-                    request_seed, shutdown)
+from common import (ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors, opt, parse_config,
+                    reduce_sums, request_seed, shutdown)
 from rollout import Engine
 
 
@@ -123,13 +123,22 @@ class Config:
     dtype: str = opt("auto", "compute dtype of vLLM and the trainer: auto = bfloat16 on GPU, float32 on CPU; "
                      "master weights and optimizer state are always float32", choices=["auto", "bfloat16", "float32"])
     seed: int = opt(0, "seeds data order, vLLM sampling (per step and prompt) and torch")
+    dist_timeout_minutes: float = opt(240.0, "torchrun: how long a collective waits for the slowest rank before the "
+                                      "job fails (torch's nccl default, 10, is shorter than one rank sampling long "
+                                      "responses alone); raise it for POPE's --mine at the authors' 32k x 128")
     vllm_gpu_memory_utilization: float = opt(0.35, "fraction of GPU memory the vLLM engine takes (weights + KV)")
     vllm_kv_cache_bytes: int = opt(0, "explicit KV-cache size in bytes; 0 = from utilization (CPU default 64 MiB)")
     sleep_level: int = opt(0, "vLLM sleep during training: 0 off, 1 offload weights to CPU, 2 discard them",
                            choices=[0, 1, 2])
+    vllm_log_level: str = opt("WARNING", "vLLM's own logging: WARNING keeps a step's output to the bar, the sample "
+                              "rollouts and the metrics; INFO restores vLLM's start-up and progress lines",
+                              choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     reward_workers: int = opt(0, "processes for reward scoring (0 = in this process)")
     reward_timeout: float = opt(10.0, "seconds before a reward call is abandoned and scored 0")
     log_samples: int = opt(2, "rollouts printed per step")
+    wandb_project: str = opt("", "also log every step's metrics (those of metrics.jsonl) to this Weights & Biases "
+                             "project, from rank 0; '' = off, and wandb is not imported (WANDB_MODE=offline: no "
+                             "network)")
     eval_every: int = opt(0, "every this many steps, measure solvability of the eval prompts (0 = never)")
     eval_k: int = opt(8, "samples per eval prompt: solvable = at least one of k correct (POPE: pass@8)")
     eval_top_p: float = opt(1.0, "nucleus sampling of the solvability eval (1 = off, the training sampler; "
@@ -486,12 +495,13 @@ def make_engine(cfg: Config, world: int) -> Engine:
     return Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
                   max_model_len=cfg.max_model_len, seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                   kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
-                  distributed=world > 1)
+                  distributed=world > 1, log_level=cfg.vllm_log_level)
 
 
 def hf_state(scorer: Scorer):
-    """(HF name, tensor) pairs of the policy, in a fixed order (the `Scorer.lm.` prefix stripped)."""
-    return ((name.removeprefix("lm."), t) for name, t in scorer.state_dict().items())
+    """(HF name, parameter) pairs of the policy for the engine, in a fixed order; a tied embedding is one parameter
+    under both of its names (`Engine.sync_weights` gathers it once). Buffers are not weights: none is sent."""
+    return scorer.lm.named_parameters(remove_duplicate=False)
 
 
 def full_tensor(t):
@@ -695,11 +705,16 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
 
     `engine` reuses a running vLLM engine (its weights are first replaced by --model's); by default one is built.
     """
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(cfg.dist_timeout_minutes)
     check_config(cfg, world)
+    transformers_logging.disable_progress_bar()  # its load/save bars would break the step's progress bar
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    longest = max(len(p.prompt_ids) for p in prompts + (eval_prompts or []))
+    if longest + cfg.max_new_tokens > cfg.max_model_len:
+        raise ConfigError(f"the longest prompt ({longest} tokens) + --max-new-tokens {cfg.max_new_tokens} exceeds "
+                          f"--max-model-len {cfg.max_model_len}: raise --max-model-len or lower --max-new-tokens")
     engine = engine or make_engine(cfg, world)  # first: on GPU it checks free memory before optimizer state exists
     mem_rows = {"vllm engine": memory(device)}
     policy = load_model(cfg, device, world, trainable=True)
@@ -712,6 +727,7 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
     pool = reward.RewardPool(cfg.reward_workers, cfg.reward_timeout)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_available() and world == 1
                               and compute_dtype(cfg.dtype) == torch.bfloat16)
+    dashboard = start_wandb(cfg) if cfg.wandb_project and rank == 0 else None
     per_rank, kinds, history = cfg.prompts_per_step // world, sorted({p.kind for p in prompts}), []
     bar = tqdm(range(start_step, cfg.steps), disable=rank != 0, desc="grpo", initial=start_step, total=cfg.steps)
     for step in bar:
@@ -752,6 +768,8 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
         history.append(metrics)
         if rank == 0:
             append_jsonl(out_dir / "metrics.jsonl", metrics)
+            if dashboard:
+                dashboard.log(metrics, step=step)
             show_samples(flat, rewards.flatten().tolist(), cfg.log_samples, step, out_dir / "samples.jsonl")
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", gap=f"{metrics['logprob_gap_max']:.1e}")
         # 5. Checkpoint after the step's log line, so every checkpointed step has its metrics on disk.
@@ -760,7 +778,17 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
             if rank == 0:
                 tqdm.write(f"checkpoint: {path} (HF model in {path / 'hf'})")
     pool.close()
+    if dashboard:
+        dashboard.finish()
     return history
+
+
+def start_wandb(cfg: Config):
+    """A Weights & Biases run named after --out-dir, with the whole config (resumed runs continue the same name)."""
+    import wandb  # here: optional, installed and imported only for --wandb-project
+
+    return wandb.init(project=cfg.wandb_project, name=Path(cfg.out_dir).name, dir=cfg.out_dir,
+                      config=dataclasses.asdict(cfg))
 
 
 def append_jsonl(path: Path, row: dict) -> None:
@@ -794,10 +822,8 @@ def run(cfg: Config) -> list[dict]:
 def main(argv=None, cls=Config, **defaults) -> None:
     """Parse flags into `cls` (with `defaults` overriding its field defaults) and run; bad input exits in one line."""
     cfg = parse_config(cls, argv, **defaults)
-    try:
+    with one_line_errors(cfg.dist_timeout_minutes):
         run(cfg)
-    except (ConfigError, data.DataError) as e:
-        sys.exit(f"error: {e}")
     shutdown()
 
 

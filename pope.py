@@ -36,6 +36,7 @@ contexts (the authors apply none), and generating oracle solutions (the hard set
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import hashlib
 import json
@@ -52,7 +53,7 @@ import grpo
 import reward
 import toy
 import toy_compare
-from common import ConfigError, check_model_path, init_distributed, opt, parse_config, shutdown
+from common import ConfigError, check_model_path, init_distributed, one_line_errors, opt, parse_config, shutdown
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
 
 
@@ -245,13 +246,36 @@ def training_set(tokenizer, hard: list[data.Problem], prefixes: dict[str, dict],
     return prompts
 
 
+def engine_context(cfg: PopeConfig, tokenizer, problems: list[data.Problem]) -> int:
+    """Check every prompt + budget against the context before anything samples; returns the engine's context: the
+    training context, or more when --mine needs it (mining's budget, 32k, exceeds training's 16k + prompt)."""
+    unguided = max(len(data.make_prompt(tokenizer, p, cfg.system_prompt).prompt_ids) for p in problems)
+    longest_prefixes = [(p, c[-1]) for p in problems if p.solution
+                        for c in [candidate_prefixes(p.solution, cfg.prefix_max_fraction, cfg.prefix_candidates)] if c]
+    guided = max((len(data.make_guided_prompt(tokenizer, p, prefix, cfg.guided_template, cfg.system_prompt).prompt_ids)
+                  for p, prefix in longest_prefixes), default=0)
+    for prompt, budget, flag, what in [(unguided, cfg.max_new_tokens, "--max-new-tokens", "unguided"),
+                                       (guided, cfg.max_new_tokens, "--max-new-tokens", "guided"),
+                                       (guided, cfg.prefix_max_tokens, "--prefix-max-tokens", "guided")]:
+        if prompt + budget > cfg.max_model_len:
+            raise ConfigError(f"the longest {what} prompt ({prompt} tokens) + {flag} {budget} = {prompt + budget} "
+                              f"tokens exceeds --max-model-len {cfg.max_model_len}: raise --max-model-len or lower "
+                              f"{flag}" + (" or --prefix-max-fraction" if what == "guided" else ""))
+    return max(cfg.max_model_len, unguided + cfg.mine_max_tokens) if cfg.mine else cfg.max_model_len
+
+
 def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[dict]:
     """Hard set -> minimal prefixes -> guided + unguided training set -> GRPO."""
     check_model_path(cfg.model)
-    rank, world, _ = init_distributed()
+    rank, world, _ = init_distributed(cfg.dist_timeout_minutes)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     problems = data.load_problems(cfg.data, limit=cfg.data_limit or None)
-    engine = engine or grpo.make_engine(cfg, world)  # the base model samples for the offline stages, then trains
+    context = engine_context(cfg, tokenizer, problems)
+    if engine is not None and engine.max_model_len < context:
+        raise ConfigError(f"the engine's context {engine.max_model_len} is shorter than the {context} tokens mining "
+                          "needs (the longest prompt + --mine-max-tokens)")
+    # The base model samples for the offline stages, then trains; its context fits mining's budget too.
+    engine = engine or grpo.make_engine(dataclasses.replace(cfg, max_model_len=context), world)
 
     hard = problems
     if cfg.mine:
@@ -306,13 +330,13 @@ def main(argv=None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--model", default="")
     given, _ = pre.parse_known_args(argv)
-    try:
-        if given.model:
-            run(parse_config(PopeConfig, argv))
-        else:  # no model: the toy world, with toy_compare.py's flags (and their --help)
+    if given.model:
+        cfg = parse_config(PopeConfig, argv)
+        with one_line_errors(cfg.dist_timeout_minutes):
+            run(cfg)
+    else:  # no model: the toy world, with toy_compare.py's flags (and their --help)
+        with one_line_errors():
             run_toy(parse_config(toy_compare.ToyConfig, argv))
-    except (ConfigError, data.DataError) as e:
-        raise SystemExit(f"error: {e}") from None
     shutdown()
 
 

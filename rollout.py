@@ -24,12 +24,20 @@ and asynchronous rollouts (every rollout here comes from the current weights).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 # In-process engine: needed for reload_weights to receive tensors, and for reproducible sampling. Set before vLLM.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a step prints the bar, rollouts and metrics; see Engine
+# The V1 model runner: the one the CPU build runs, so the one every test here exercises (weight reload, processed
+# logprobs, seeded sampling). The GPU build (0.33) would pick Model Runner V2 when triton is installed, whose sampling
+# differs, so CPU-measured seed reproducibility would not carry over. VLLM_USE_V2_MODEL_RUNNER=1 tries V2.
+os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+
+import logging
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -57,7 +65,12 @@ class Engine:
 
     def __init__(self, model: str, *, dtype: str = "auto", max_model_len: int = 4096, seed: int = 0,
                  gpu_memory_utilization: float = 0.35, kv_cache_bytes: int | None = None,
-                 enable_sleep_mode: bool = False, distributed: bool = False):
+                 enable_sleep_mode: bool = False, distributed: bool = False, log_level: str = "WARNING"):
+        logging.getLogger("vllm").setLevel(log_level)  # vLLM's INFO lines break the progress bar; warnings show
+        # ...but one, at every sync: the rotary embedding's cos/sin table is computed, never loaded, yet vLLM's
+        # in-place reloader counts it as a weight that did not arrive ("RotaryEmbedding: Failed to load weights").
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
+            lambda record: "RotaryEmbedding: Failed to load weights" not in record.getMessage())
         if not torch.cuda.is_available() and kv_cache_bytes is None:
             kv_cache_bytes = 64 << 20  # CPU: a small explicit KV cache starts in ~2 s; 1 GiB takes ~18 s
         kwargs = dict(kv_cache_memory_bytes=kv_cache_bytes) if kv_cache_bytes else {}
@@ -73,6 +86,7 @@ class Engine:
                        enable_prefix_caching=True,  # the n samples of a prompt share its KV
                        logprobs_mode="processed_logprobs", enforce_eager=not torch.cuda.is_available(), **kwargs)
         self.max_model_len = max_model_len
+        self.dtype = self.llm.llm_engine.model_config.dtype  # what the engine computes in, and the sync sends
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, max_tokens: int,
                  seeds: list[int] | None = None, top_p: float = 1.0, top_k: int = 0) -> list[list[Sample]]:
@@ -104,11 +118,25 @@ class Engine:
     @torch.no_grad()
     def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load `(hf_name, tensor)` pairs into the engine in place, then drop the prefix cache (its KV was computed
-        with the old weights). `DTensor` shards are gathered one at a time: call this on every rank together."""
+        with the old weights). Each tensor is cast to the engine's dtype first (a float32 master shard of a bf16
+        engine is gathered in bf16: half the bytes), and `DTensor` shards are gathered one at a time: call this on
+        every rank together, with the same pairs. A tied tensor (one tensor under two names, e.g. a tied input and
+        output embedding) is cast and gathered once and sent under both names: the GPU build skips the second, the
+        CPU build needs it to refresh its repacked copy of the output layer (spec/cpu-stack.md §3)."""
+        weights = list(weights)
+        uses = Counter(id(tensor) for _, tensor in weights)
 
         def stream():
+            tied = {}  # id -> the gathered tensor, for the tensors that come under several names
             for name, tensor in weights:
-                yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach()
+                if id(tensor) not in tied:
+                    cast = tensor.detach().to(self.dtype)
+                    full = cast.full_tensor() if isinstance(cast, DTensor) else cast
+                    if uses[id(tensor)] == 1:
+                        yield name, full
+                        continue
+                    tied[id(tensor)] = full
+                yield name, tied[id(tensor)]
 
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
         self.llm.reset_prefix_cache()

@@ -101,20 +101,22 @@ DEFAULT_CORPUS = [
 
 
 def _qwen3_config(tok: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, max_positions: int,
-                  intermediate_size: int | None = None, num_heads: int = 4, num_kv_heads: int = 2) -> Qwen3Config:
+                  intermediate_size: int | None = None, num_heads: int = 4, num_kv_heads: int = 2,
+                  tied: bool = False) -> Qwen3Config:
     return Qwen3Config(vocab_size=len(tok), hidden_size=hidden_size,
                        intermediate_size=intermediate_size or 2 * hidden_size,
                        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
                        head_dim=32,  # vLLM's CPU attention supports head_dim in {32, 64, ...} only
-                       max_position_embeddings=max_positions, tie_word_embeddings=False,
+                       max_position_embeddings=max_positions, tie_word_embeddings=tied,
                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
 
 
 def make_tiny_model(out_dir: str, seed: int = 0, corpus: list[str] | None = None, vocab_size: int = 384,
-                    hidden_size: int = 64, num_layers: int = 2, max_positions: int = 1024) -> str:
-    """Build a random tiny Qwen3 + tokenizer and save both to `out_dir`; returns `out_dir`."""
+                    hidden_size: int = 64, num_layers: int = 2, max_positions: int = 1024, tied: bool = False) -> str:
+    """Build a random tiny Qwen3 + tokenizer and save both to `out_dir`; returns `out_dir`. `tied=True` ties the
+    input and output embeddings, as Qwen3-4B-Instruct-2507 does."""
     tok = make_tokenizer(corpus or DEFAULT_CORPUS, vocab_size)
-    cfg = _qwen3_config(tok, hidden_size, num_layers, max_positions)
+    cfg = _qwen3_config(tok, hidden_size, num_layers, max_positions, tied=tied)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
     model.generation_config.eos_token_id = tok.eos_token_id

@@ -232,3 +232,26 @@ def test_bad_input_gives_one_clear_error_line(tiny_model, tmp_path, case):
     expected = {"malformed_row": "train.jsonl:2", "missing_field": "field 'answer'", "empty_file": "holds no rows",
                 "missing_model": "no-such-model"}[case]
     assert expected in lines[0]
+
+
+def test_wandb_gets_the_metrics_of_metrics_jsonl(tiny_model, engine, tmp_path, monkeypatch):
+    """--wandb-project, offline (no network): a real wandb run receives every step's metrics line, as logged."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged, real_init = [], wandb.init
+
+    def init(**kwargs):  # the real run, with its `log` recorded on the way through
+        run = real_init(**kwargs)
+        real_log = run.log
+        monkeypatch.setattr(run, "log", lambda row, step: (logged.append((step, dict(row))), real_log(row, step=step)))
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    cfg = tiny_config(tiny_model, tmp_path, steps=2, wandb_project="pope-test")
+    history = grpo.train(cfg, tiny_prompts(tiny_model), scatter_reward, engine=engine)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [(m["step"], m) for m in lines] and lines == history
+    [run_file] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert run_file.stat().st_size > 0

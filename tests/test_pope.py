@@ -1,6 +1,9 @@
 """POPE on the tiny model with real vLLM: guided prompts, separate groups, the prefix search, resumable caches."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +12,8 @@ from transformers import AutoTokenizer
 import data
 import grpo
 import pope
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def problem(i: int, n_lines: int = 40) -> data.Problem:
@@ -139,3 +144,38 @@ def test_loaders_name_the_bad_row(tmp_path):
         data.load_problems(str(parquet), problem="question", answer="gt")
     kept = data.load_problems(str(parquet), problem="question", answer="gt", strict=False)
     assert [p.problem for p in kept] == ["q"]
+
+
+def pope_cli(tiny_model, tmp_path, *flags) -> subprocess.CompletedProcess:
+    """`python pope.py` on a 3-problem data file (with solutions), one tiny training step."""
+    data_file = tmp_path / "hard.jsonl"
+    data_file.write_text("".join(json.dumps(dict(id=p.id, problem=p.problem, answer=p.answer, solution=p.solution))
+                                 + "\n" for p in [problem(i, n_lines=8) for i in range(3)]))
+    return subprocess.run([sys.executable, str(ROOT / "pope.py"), "--model", tiny_model, "--data", str(data_file),
+                           "--out-dir", str(tmp_path / "run"), "--steps", "1", "--prompts-per-step", "2",
+                           "--group-size", "2", "--max-new-tokens", "8", "--prefix-max-tokens", "8", "--prefix-k", "2",
+                           "--eval-every", "0", "--log-samples", "0", "--micro-batch-size", "4", *flags],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_mining_gets_the_context_its_budget_needs(tiny_model, tmp_path):
+    """--mine with a budget longer than the training context (the authors' 32k vs 20k; here 700 tokens after a
+    45-token prompt, vs 600): the engine is sized for mining, so the random model's mining samples can run to 700."""
+    result = pope_cli(tiny_model, tmp_path, "--mine", "--mine-k", "2", "--mine-max-tokens", "700",
+                      "--max-model-len", "600")
+    assert result.returncode == 0, result.stderr[-3000:]
+    [cache] = (tmp_path / "run" / "cache").glob("mining-*.jsonl.rank0")
+    assert len(cache.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("flags, names", [
+    (["--max-new-tokens", "200"], "--max-new-tokens 200"),
+    (["--prefix-max-tokens", "200"], "--prefix-max-tokens 200"),
+])
+def test_a_length_that_cannot_fit_fails_at_start_in_one_line(tiny_model, tmp_path, flags, names):
+    """The guided prompts here are 534 tokens long: 534 + 200 does not fit in 600."""
+    result = pope_cli(tiny_model, tmp_path, "--max-model-len", "600", *flags)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and names in lines[0] and "--max-model-len 600" in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "run" / "cache").exists(), "nothing may sample before the check"
