@@ -300,17 +300,18 @@ def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
     for the logs. With log u = log ref(y_t) - log pi(y_t) at the sampled token (u = ref / pi, clamped to e^+-clamp in
     loss_t only; where the clamp binds the token's loss_t has no gradient):
 
-        kind            loss_t                           E[grad loss_t]     value_t
+        kind            loss_t                           E[grad loss_t]      value_t
         reverse-k2      (log u)^2 / 2                    grad KL(pi || ref)  u - 1 - log u  (k3)
         reverse-exact   sum_v pi log(pi / ref)           grad KL(pi || ref)  the same
-        forward-k3      u - 1 - log u  (GRPO's k3)        grad KL(ref || pi)  u log u - u + 1
+        forward-k3      u - 1 - log u  (GRPO's k3)       grad KL(ref || pi)  u log u - u + 1
         forward-exact   sum_v ref log(ref / pi)          grad KL(ref || pi)  the same
 
     Why: grad k2 = (log pi - log ref) grad log pi, whose mean under pi is grad KL(pi || ref); grad k3 = (1 - u)
     grad log pi, whose mean is -sum_v ref(v) grad log pi(v) = grad KL(ref || pi). So GRPO's k3 (DeepSeekMath, verl
     `low_var_kl`) has the value of the reverse KL and the gradient of the forward one (shared spec/algorithms.md §1.5;
-    xihuai18.github.io, "KL estimators", 2025). k1 = -log u is left out: its expected gradient is exactly 0. RAPO's
-    sampled w log w - w + 1 is a value estimate only: differentiated, it gives -w log w grad log pi, which is biased.
+    https://xihuai18.github.io/reinforcement-learning/2025/12/01/kl-estimators-en.html). k1 = -log u is left out:
+    its expected gradient is exactly 0. RAPO's sampled w log w - w + 1 is a value estimate only: differentiated, it
+    gives -w log w grad log pi, which is biased.
     (All of this holds for on-policy samples: with --minibatches > 1 the later minibatches sample from pi_old.)
 
     >>> loss_t, value_t = kl_term(torch.tensor([-1.0]), torch.tensor([-1.0]), "reverse-k2", clamp=5.0)
@@ -493,7 +494,8 @@ def load_model(cfg: Config, device, world: int, trainable: bool) -> Scorer | Ref
 def make_engine(cfg: Config, world: int) -> Engine:
     """The vLLM engine for --model with this config's dtype, context and memory settings (one per rank)."""
     return Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
-                  max_model_len=cfg.max_model_len, seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                  max_model_len=cfg.max_model_len, seed=cfg.seed,
+                  gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                   kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
                   distributed=world > 1, log_level=cfg.vllm_log_level)
 
@@ -532,7 +534,8 @@ def batch_tensors(seqs: list[dict], device) -> tuple[torch.Tensor, torch.Tensor,
     """Right-padded token ids [b, S] of prompt + completion, the attention mask [b, S], and the loss mask [b, S]:
     True exactly at completion tokens (prompt tokens, a POPE guiding prefix among them, and padding are False).
 
-    >>> ids, attention_mask, loss_mask = batch_tensors([dict(ids=[7, 8, 9], n_prompt=2), dict(ids=[5, 6], n_prompt=1)], "cpu")
+    >>> seqs = [dict(ids=[7, 8, 9], n_prompt=2), dict(ids=[5, 6], n_prompt=1)]
+    >>> ids, attention_mask, loss_mask = batch_tensors(seqs, "cpu")
     >>> ids.tolist(), loss_mask.tolist()
     ([[7, 8, 9], [5, 6, 0]], [[False, False, True], [False, True, False]])
     """
@@ -815,7 +818,8 @@ def run(cfg: Config) -> list[dict]:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     eval_prompts = None
     if cfg.eval_data:
-        eval_prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in evaluate.load_benchmark(cfg.eval_data)]
+        eval_prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt)
+                        for p in evaluate.load_benchmark(cfg.eval_data)]
     return train(cfg, [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems], eval_prompts=eval_prompts)
 
 

@@ -103,8 +103,8 @@ class RapoConfig(grpo.Config):
                                  "SimpleRL-Zoo's 1e-3, in every arm")
     arm: str = opt("rapo", "preset for the comparison: grpo-rkl (gradient of the reverse KL, exact), grpo-k3 (GRPO's "
                    "k3 as published: reverse-KL value, forward-KL gradient), grpo-fkl (forward KL, phi = 1) or rapo "
-                   f"(forward KL, phi < 1); sets --kl, --kl-coef, --ref-phi-min, --out-dir [{PAPER}: the arms GRPO-RKL, "
-                   f"GRPO-FKL, RAPO; {OURS}: GRPO-RKL split into grpo-rkl and grpo-k3]",
+                   "(forward KL, phi < 1); sets --kl, --kl-coef, --ref-phi-min, --out-dir "
+                   f"[{PAPER}: the arms GRPO-RKL, GRPO-FKL, RAPO; {OURS}: GRPO-RKL split into grpo-rkl and grpo-k3]",
                    choices=list(ARMS))
     theory: bool = opt(False, "no training: check our reconstruction of Proposition 3.3 (the paper's statement was "
                        "not available) on a 16-token vocabulary, print it and exit")
@@ -153,7 +153,8 @@ def bisect_decreasing(f, lo, hi, iters: int = 200):
 
 
 def prop33_root(ref: np.ndarray, reward: np.ndarray, alpha: float, beta: float) -> tuple[np.ndarray, float]:
-    """(pi, lambda) solving our reconstruction of Proposition 3.3:  r(y) + alpha ref(y) / pi(y) - beta (log pi(y) + 1) = lambda  for all y.
+    """(pi, lambda) solving our reconstruction of Proposition 3.3:
+        r(y) + alpha ref(y) / pi(y) - beta (log pi(y) + 1) = lambda   for all y.
 
     For fixed lambda, u = log pi(y) solves  alpha ref(y) e^-u - beta u = lambda + beta - r(y), strictly decreasing in u
     (where ref(y) = 0 the root is u = (r(y) - lambda) / beta - 1: positive mass outside the reference's support).

@@ -63,8 +63,8 @@ def arm_config(cfg: ToyConfig, base_dir: str, arm: str) -> grpo.Config:
                   temperature=1.0, max_new_tokens=cfg.max_new_tokens, max_model_len=1024, lr=cfg.lr,
                   adv_std_norm=False, micro_batch_size=64, log_samples=1, eval_every=cfg.eval_every,
                   eval_k=cfg.eval_k)
-    own = {"grpo": {}, "grpo-entropy": {"entropy_coef": cfg.entropy_coef}, "grpo-clip-higher": {"eps_high": cfg.eps_high},
-           "pope": {}}
+    own = {"grpo": {}, "grpo-entropy": {"entropy_coef": cfg.entropy_coef},
+           "grpo-clip-higher": {"eps_high": cfg.eps_high}, "pope": {}}
     if arm not in own:
         raise ConfigError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
     return grpo.Config(**common, **own[arm])
