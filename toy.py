@@ -395,7 +395,8 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, trai
 def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: int = 32, n_hard: int = 32,
             prefix_lines: tuple[int, ...] = (4, 7, 10, 13), temperature: float = 1.0, seed: int = 1,
             template: str = "no-restate", max_tokens: int = 300) -> dict:
-    """Print and return the base model's pass@k: easy unguided, hard unguided, hard guided by prefix length."""
+    """Print and return the base model's per-line accuracy, the hard set's decoding sweep (greedy and several
+    temperatures), and pass@k: easy unguided, hard unguided, hard guided by prefix length."""
     import evaluate  # imported here (both import vLLM): only measuring needs vLLM
     from rollout import Engine
 
@@ -423,8 +424,20 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
         rows[name] = right / checked
         print(f"{name:28s} {right / checked:.3f} ({checked} lines)", flush=True)
 
+    def sweep(problems: list[data.Problem], temperatures=(0.3, 0.6, 0.8, 1.0)) -> None:
+        """Is the hard set hard at every decoding? Greedy, and >= 1 correct in n samples at each temperature."""
+        prompts = [data.make_prompt(tok, p) for p in problems]
+        for t in (0.0, *temperatures):  # 0.0: greedy (one sample: all n would be the same)
+            scores = evaluate.sample_scores(engine, reward.RewardPool(0), toy_reward, prompts, 1 if t == 0 else n,
+                                            t, max_tokens=max_tokens, seed=seed)  # [P, n]
+            name = "greedy" if t == 0 else f"T {t}, {n} samples"
+            rows[f"hard unguided, {name}"] = {"solved": int((scores.max(1) > 0).sum()), "mean_correct": scores.mean()}
+            print(f"{'hard unguided, ' + name:34s} solved {int((scores.max(1) > 0).sum())}/{len(problems)}  "
+                  f"mean correct fraction {scores.mean():.3f}", flush=True)
+
     per_line("per-line accuracy, easy", easy)
     per_line("per-line accuracy, hard", hard)
+    sweep(hard)
     report("easy unguided", [data.make_prompt(tok, p) for p in easy])
     report("hard unguided", [data.make_prompt(tok, p) for p in hard])
     for m in prefix_lines:

@@ -72,6 +72,9 @@ def arm_config(cfg: ToyConfig, base_dir: str, arm: str) -> grpo.Config:
 
 def setup(cfg: ToyConfig) -> tuple[str, list[data.Problem], Engine]:
     """The base model (built, or --base-model), the hard problems, and one engine that every arm shares."""
+    unknown = set(cfg.arms.split(",")) - set(ARMS)
+    if unknown:
+        raise ConfigError(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
     if cfg.steps % cfg.eval_every:
         raise ConfigError(f"--steps {cfg.steps} must be a multiple of --eval-every {cfg.eval_every} "
                           f"(the last step's evaluation is each arm's final result)")
