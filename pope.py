@@ -1,7 +1,7 @@
 """POPE: privileged on-policy exploration (Qu et al., arXiv 2601.18779). GRPO, plus guided copies of hard problems.
 
     python pope.py                                                    # the CPU toy world: GRPO vs POPE, minutes
-    python pope.py --model Qwen/Qwen3-4B-Instruct-2507                # one GPU
+    python pope.py --model Qwen/Qwen3-4B-Instruct-2507                # one 141 GB GPU (80 GB is too small)
     torchrun --nproc_per_node=8 pope.py --model Qwen/Qwen3-4B-Instruct-2507   # one 8-GPU node
 
 On a hard problem (the base model never answers correctly in many samples) on-policy RL gets no signal. POPE adds,
