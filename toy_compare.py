@@ -96,8 +96,9 @@ def run_arms(cfg: ToyConfig, base_dir: str, engine: Engine, arm_prompts: dict[st
     """Train each arm on its prompts from the base model; evaluate the base model and every arm on `unguided`
     (the same prompts, samples and seeds as each arm's last step); write summary.json and the plot."""
     pool, out, t0 = reward.RewardPool(0), Path(cfg.out_dir), time.time()
-    base = measured(evaluate.solvability(engine, pool, toy.toy_reward, unguided, cfg.eval_k, 1.0, cfg.max_new_tokens,
-                                         request_seed(cfg.seed, cfg.steps - 1), 1.0, 0, 0, 1, "cpu"), cfg.eval_k)
+    base = measured(evaluate.solvability(engine, pool, toy.toy_reward, unguided, k=cfg.eval_k, temperature=1.0,
+                                         max_tokens=cfg.max_new_tokens, seed=request_seed(cfg.seed, cfg.steps - 1),
+                                         top_p=1.0, top_k=0, rank=0, world=1, device="cpu"), cfg.eval_k)
     results = {"base": {"final": base, "curve": []}}
     print(f"toy: base model, unguided hard set: {base}", flush=True)
     for arm, prompts in arm_prompts.items():
