@@ -35,7 +35,6 @@ contexts (the authors apply none), and generating oracle solutions (the hard set
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import hashlib
@@ -312,13 +311,15 @@ def run_toy(cfg: toy_compare.ToyConfig) -> dict:
     unguided = [data.make_prompt(tok, p) for p in hard]
     arms = {arm: unguided for arm in cfg.arms.split(",")}
     if "pope" in arms:
-        prefixes = find_prefixes(engine, tok, hard, toy.toy_reward, Path(cfg.out_dir) / "cache" / "prefixes.jsonl",
-                                 k=cfg.prefix_k, temperature=1.0, max_tokens=cfg.max_new_tokens,
-                                 max_fraction=cfg.prefix_max_fraction, template=cfg.guided_template, seed=cfg.seed)
-        print(f"toy: POPE prefixes: {sum(r['solvable'] for r in prefixes.values())}/{len(hard)} hard problems "
-              f"solvable with a guiding prefix (mean {sum(r['lines'] for r in prefixes.values()) / len(hard):.1f} "
-              f"of {toy.HARD_STEPS[1] + 1} lines)", flush=True)
-        arms["pope"] = training_set(tok, hard, prefixes, PopeConfig(guided_template=cfg.guided_template))
+        pope_cfg = PopeConfig(model=base_dir, data=f"toy hard split of {cfg.n_hard}", out_dir=cfg.out_dir,
+                              seed=cfg.seed, guided_template=cfg.guided_template)
+        settings = (cfg.prefix_k, cfg.max_new_tokens, cfg.prefix_max_fraction, cfg.guided_template)
+        prefixes = find_prefixes(engine, tok, hard, toy.toy_reward, cache_path(pope_cfg, "prefixes", *settings),
+                                 k=cfg.prefix_k, temperature=1.0, max_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                                 max_fraction=cfg.prefix_max_fraction, template=cfg.guided_template)
+        print(f"toy: POPE prefixes: {sum(r['solvable'] for r in prefixes.values())}/{len(hard)} hard problems solvable "
+              f"with a guiding prefix (mean {sum(r['lines'] for r in prefixes.values()) / len(hard):.1f} lines)")
+        arms["pope"] = training_set(tok, hard, prefixes, pope_cfg)
     results = toy_compare.run_arms(cfg, base_dir, engine, arms, unguided)
     del engine  # vLLM's teardown resets process-wide state: run it now, not when the garbage collector gets to it
     gc.collect()  # (by then a later engine in this process, e.g. the next run of the toy test, would lose that state)
@@ -327,10 +328,7 @@ def run_toy(cfg: toy_compare.ToyConfig) -> dict:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--model", default="")
-    given, _ = pre.parse_known_args(argv)
-    if given.model:
+    if any(a.split("=")[0] == "--model" for a in argv):
         cfg = parse_config(PopeConfig, argv)
         with one_line_errors(cfg.dist_timeout_minutes):
             run(cfg)
