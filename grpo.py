@@ -680,6 +680,7 @@ def step_metrics(step: int, prompts: list[data.Prompt], groups, rewards: torch.T
     n_tok = max(sums["n_tokens"], 1)
     metrics = {
         "step": step, "reward": sums["reward_sum"] / sums["n_samples"],
+        "samples": sums["n_samples"], "sampled_tokens": sums["len_sum"],  # the step's rollout budget, all ranks
         "zero_std_frac": sums["zero_std_groups"] / sums["n_groups"],
         "len_mean": sums["len_sum"] / sums["n_samples"], "len_max": maxes["len_max"],
         "truncated_frac": sums["truncated"] / sums["n_samples"],

@@ -130,10 +130,11 @@ def _read_cache(cache: Path) -> dict[str, dict]:
 
 def _sample_correct(engine, prompts: list[data.Prompt], reward_fn, k: int, temperature: float, max_tokens: int,
                     seed: int) -> list[int]:
-    """Number of correct answers among k samples of each prompt."""
+    """(correct answers, sampled tokens) among k samples of each prompt."""
     groups = engine.generate([p.prompt_ids for p in prompts], n=k, temperature=temperature, max_tokens=max_tokens,
                              seeds=[seed + 1_000_003 * i for i in range(len(prompts))])
-    return [sum(reward_fn(s.text, p) > 0 for s in group) for p, group in zip(prompts, groups)]
+    return [(sum(reward_fn(s.text, p) > 0 for s in group), sum(len(s.completion_ids) for s in group))
+            for p, group in zip(prompts, groups)]
 
 
 def mine_hard(engine, tokenizer, problems: list[data.Problem], reward_fn, cache: str | Path, k: int = 128,
@@ -141,8 +142,8 @@ def mine_hard(engine, tokenizer, problems: list[data.Problem], reward_fn, cache:
               system_prompt: str = data.DEFAULT_SYSTEM_PROMPT, rank: int = 0, world: int = 1) -> list[data.Problem]:
     """The problems the base model never solves: 0 correct in `k` samples (POPE: k=128 at 32k tokens).
 
-    Results go to `cache` as {"id", "correct", "k"} lines, written as each batch finishes; finished problems are
-    skipped on a rerun. Returns the hard problems in input order (all ranks' results, once every rank is done).
+    Results go to `cache` as {"id", "correct", "k", "tokens"} lines, written as each batch finishes; finished
+    problems are skipped on a rerun. Returns the hard problems in input order (all ranks' results, once all are done).
     """
     cache = Path(cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -152,10 +153,12 @@ def mine_hard(engine, tokenizer, problems: list[data.Problem], reward_fn, cache:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             prompts = [data.make_prompt(tokenizer, p, system_prompt) for p in batch]
-            for p, c in zip(batch, _sample_correct(engine, prompts, reward_fn, k, temperature, max_tokens, seed)):
-                out.write(json.dumps({"id": p.id, "correct": c, "k": k}) + "\n")
+            for p, (c, tokens) in zip(batch, _sample_correct(engine, prompts, reward_fn, k, temperature, max_tokens,
+                                                             seed)):
+                out.write(json.dumps({"id": p.id, "correct": c, "k": k, "tokens": tokens}) + "\n")
             out.flush()
-    _barrier()
+    if dist.is_initialized():  # every rank's cache file is complete before anyone reads them
+        dist.barrier()
     done = _read_cache(cache)
     return [p for p in problems if p.id in done and done[p.id]["correct"] == 0]
 
@@ -188,7 +191,8 @@ def find_prefixes(engine, tokenizer, problems: list[data.Problem], reward_fn, ca
 
     When no candidate works, `fallback` decides: "longest" keeps the longest candidate (~25%; the fallback in the
     POPE summaries, so the guided:unguided mixture stays 1:1), "drop" gives the problem no guided copy.
-    Returns {id: {"prefix": str | None, "lines": int, "solvable": bool}}; problems without a solution are absent.
+    Returns {id: {"prefix": str | None, "lines": int, "solvable": bool, "samples": int, "tokens": int}}, the last two
+    the search's cost for that problem (its sampling budget); problems without a solution are absent.
     Candidates are tried in rounds (all problems' shortest first, then the next ...), one batched generate a round.
     """
     cache = Path(cache)
@@ -197,28 +201,25 @@ def find_prefixes(engine, tokenizer, problems: list[data.Problem], reward_fn, ca
     todo = {p.id: (p, candidate_prefixes(p.solution, max_fraction, n_candidates))
             for p in problems[rank::world] if p.solution and p.id not in done}
     todo = {i: v for i, v in todo.items() if v[1]}  # a one-line solution has no proper prefix
+    spent = {i: 0 for i in todo}  # tokens sampled so far for each problem
     with open(f"{cache}.rank{rank}", "a") as out:
         for j in range(n_candidates):
             live = [(p, cands[j]) for p, cands in todo.values() if j < len(cands)]
             prompts = [data.make_guided_prompt(tokenizer, p, prefix, template, system_prompt) for p, prefix in live]
             correct = _sample_correct(engine, prompts, reward_fn, k, temperature, max_tokens, seed + j) if live else []
-            for (p, prefix), c in zip(live, correct):
+            for (p, prefix), (c, tokens) in zip(live, correct):
+                spent[p.id] += tokens
                 last = j == len(todo[p.id][1]) - 1
                 if c > 0 or last:
                     keep = prefix if c > 0 or fallback == "longest" else None
                     out.write(json.dumps({"id": p.id, "prefix": keep, "lines": prefix.count("\n") + 1 if keep else 0,
-                                          "solvable": c > 0}) + "\n")
+                                          "solvable": c > 0, "samples": k * (j + 1), "tokens": spent[p.id]}) + "\n")
                     del todo[p.id]
             out.flush()
-    _barrier()
+    if dist.is_initialized():  # every rank's cache file is complete before anyone reads them
+        dist.barrier()
     wanted = {p.id for p in problems}
     return {i: row for i, row in _read_cache(cache).items() if i in wanted}
-
-
-def _barrier() -> None:
-    """Wait for every rank (under torchrun) so all cache files are complete before anyone reads them."""
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def cache_path(cfg: PopeConfig, stage: str, *settings) -> Path:
@@ -238,11 +239,7 @@ def training_set(tokenizer, hard: list[data.Problem], prefixes: dict[str, dict],
         if prefix:
             guided = data.make_guided_prompt(tokenizer, p, prefix, cfg.guided_template, cfg.system_prompt)
             prompts += [guided] * cfg.guided_copies
-    for p in easy:
-        prompt = data.make_prompt(tokenizer, p, cfg.system_prompt)
-        prompt.kind = "easy"
-        prompts.append(prompt)
-    return prompts
+    return prompts + [dataclasses.replace(data.make_prompt(tokenizer, p, cfg.system_prompt), kind="easy") for p in easy]
 
 
 def engine_context(cfg: PopeConfig, tokenizer, problems: list[data.Problem]) -> int:
@@ -320,7 +317,9 @@ def run_toy(cfg: toy_compare.ToyConfig) -> dict:
         print(f"toy: POPE prefixes: {sum(r['solvable'] for r in prefixes.values())}/{len(hard)} hard problems solvable "
               f"with a guiding prefix (mean {sum(r['lines'] for r in prefixes.values()) / len(hard):.1f} lines)")
         arms["pope"] = training_set(tok, hard, prefixes, pope_cfg)
-    results = toy_compare.run_arms(cfg, base_dir, engine, arms, unguided)
+        search = {"rollouts": sum(r["samples"] for r in prefixes.values()),
+                  "sampled_tokens": sum(r["tokens"] for r in prefixes.values())}
+    results = toy_compare.run_arms(cfg, base_dir, engine, arms, unguided, {"pope": search} if "pope" in arms else None)
     del engine  # vLLM's teardown resets process-wide state: run it now, not when the garbage collector gets to it
     gc.collect()  # (by then a later engine in this process, e.g. the next run of the toy test, would lose that state)
     return results

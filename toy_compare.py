@@ -92,9 +92,13 @@ def measured(metrics: dict, eval_k: int) -> dict:
 
 
 def run_arms(cfg: ToyConfig, base_dir: str, engine: Engine, arm_prompts: dict[str, list[data.Prompt]],
-             unguided: list[data.Prompt]) -> dict:
+             unguided: list[data.Prompt], searched: dict[str, dict] | None = None) -> dict:
     """Train each arm on its prompts from the base model; evaluate the base model and every arm on `unguided`
-    (the same prompts, samples and seeds as each arm's last step); write summary.json and the plot."""
+    (the same prompts, samples and seeds as each arm's last step); write summary.json and the plot.
+
+    Each arm's budget is reported: the rollouts and sampled tokens of its training, plus `searched[arm]` (what an
+    arm sampled before training, e.g. POPE's prefix search: {"rollouts", "sampled_tokens"}). The evaluations are
+    measurements, not budget."""
     pool, out, t0 = reward.RewardPool(0), Path(cfg.out_dir), time.time()
     base = measured(evaluate.solvability(engine, pool, toy.toy_reward, unguided, k=cfg.eval_k, temperature=1.0,
                                          max_tokens=cfg.max_new_tokens, seed=request_seed(cfg.seed, cfg.steps - 1),
@@ -106,7 +110,11 @@ def run_arms(cfg: ToyConfig, base_dir: str, engine: Engine, arm_prompts: dict[st
         history = grpo.train(arm_config(cfg, base_dir, arm), prompts, toy.toy_reward, eval_prompts=unguided,
                              engine=engine)
         evals = [(h["step"] + 1, measured(h, cfg.eval_k)) for h in history if f"eval_solvable_at_{cfg.eval_k}" in h]
+        before = (searched or {}).get(arm, {})
         results[arm] = {"final": evals[-1][1], "curve": [(s, m["solvable"]) for s, m in evals],
+                        "rollouts": sum(h["samples"] for h in history) + before.get("rollouts", 0),
+                        "sampled_tokens": sum(h["sampled_tokens"] for h in history) + before.get("sampled_tokens", 0),
+                        "clip_frac": max(h["clip_frac_pos_adv"] + h["clip_frac_neg_adv"] for h in history),
                         "seconds": round(time.time() - t, 1)}
         print(f"toy: {arm}: unguided hard set after {cfg.steps} steps: {results[arm]['final']} "
               f"({results[arm]['seconds']:.0f} s)", flush=True)
@@ -120,9 +128,10 @@ def run_arms(cfg: ToyConfig, base_dir: str, engine: Engine, arm_prompts: dict[st
 
 def print_summary(results: dict) -> None:
     keys = list(results["base"]["final"])
-    print(f"\n{'unguided hard set':<20}" + "".join(f"{k:>10}" for k in keys))
+    print(f"\n{'unguided hard set':<20}" + "".join(f"{k:>10}" for k in keys) + f"{'rollouts':>10}{'tokens':>10}")
     for arm, r in results.items():
-        print(f"{arm:<20}" + "".join(f"{r['final'][k]:>10.3f}" for k in keys))
+        print(f"{arm:<20}" + "".join(f"{r['final'][k]:>10.3f}" for k in keys)
+              + f"{r.get('rollouts', 0):>10.0f}{r.get('sampled_tokens', 0):>10.0f}")
 
 
 def plot_comparison(results: dict, cfg: ToyConfig, path: Path) -> None:

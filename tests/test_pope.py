@@ -81,6 +81,9 @@ def test_prefix_search_returns_the_shortest_solvable_candidate(tiny_model, engin
     assert (found["p1"]["lines"], found["p1"]["solvable"]) == (2, True)
     assert (found["p2"]["lines"], found["p2"]["solvable"]) == (7, True)  # 5 lines is too short, 7 is the next
     assert (found["p3"]["lines"], found["p3"]["solvable"]) == (10, False)  # fallback: the longest candidate
+    # the search's cost per problem: k = 2 samples per round it took part in (1, 3 and 4 rounds), and their tokens
+    assert [found[i]["samples"] for i in ("p1", "p2", "p3")] == [2, 6, 8]
+    assert 0 < found["p1"]["tokens"] <= 2 * 4 and found["p3"]["tokens"] > found["p1"]["tokens"]
     assert found["p1"]["prefix"] == "\n".join(problem(1).solution.split("\n")[:2])
     assert "p4" not in found  # no oracle solution, no guided copy
     dropped = pope.find_prefixes(engine, tok, hard[2:3], reward_fn, tmp_path / "drop.jsonl", k=2, max_tokens=4,

@@ -128,6 +128,9 @@ def test_the_comparison_runs_end_to_end(tmp_path) -> None:
     assert set(summary) == {"base", "grpo", "pope"}
     assert [step for step, _ in summary["pope"]["curve"]] == [1, 2]  # solvability after every eval step
     assert set(summary["grpo"]["final"]) == set(summary["base"]["final"]) == {"solvable", "pass@1", "pass@2"}
+    # the budget: 2 steps x 2 prompts x 2 samples of training each; POPE's also counts its prefix search (3 problems)
+    assert summary["grpo"]["rollouts"] == 8 and 0 < summary["grpo"]["sampled_tokens"] <= 8 * 16
+    assert summary["pope"]["rollouts"] > 8 and summary["pope"]["sampled_tokens"] > 0
     assert (tmp_path / "grpo" / "metrics.jsonl").is_file() and (tmp_path / "pope" / "metrics.jsonl").is_file()
     assert "reward_guided" in json.loads((tmp_path / "pope" / "metrics.jsonl").read_text().splitlines()[0])
     assert matplotlib.image.imread(tmp_path / "toy_comparison.png").shape[0] > 100
