@@ -13,10 +13,11 @@ The loss, per completion token t of sequence i (prompt tokens, including a POPE 
     rho_t   = pi_theta(y_t | s_t) / pi_old(y_t | s_t)
     L_t     = -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)                              (PPO; DAPO clip-higher)
               + kl_coef * KL_t - entropy_coef * H(pi_theta(. | s_t))
+              + kl_cov_coef * |log rho_t|  on the top kl_cov_ratio of tokens by Cov_t          (KL-Cov, off by default)
     loss    = sum_t w_t L_t          with the per-token weight w_t set by --loss-agg (token-mean, seq-mean-token-mean, ...)
 
 Options come from: GRPO (DeepSeekMath, arXiv 2402.03300), DAPO (arXiv 2503.14476: clip-higher, token-mean),
-Dr.GRPO (arXiv 2503.20783: no std, constant normaliser), Schulman's KL estimators (joschu.net/blog/kl-approx.html;
+Dr.GRPO (arXiv 2503.20783: no std, constant normaliser), KL-Cov (Cui et al., arXiv 2505.22617), Schulman's KL estimators (joschu.net/blog/kl-approx.html;
 which KL direction each one's gradient follows is in `kl_term`),
 the POPE authors' PipelineRL config (sum over tokens / sequences per step), RAPO (arXiv 2510.03865: forward KL to a
 reward-reweighted reference). spec/algorithms.md in ../shared has the provenance of each.
@@ -108,6 +109,10 @@ class Config:
     ref_phi_source: str = opt("sample", "reward that sets phi: the sample's own, or its group's mean (RAPO; "
                               "not published, this project's options)", choices=["sample", "group-mean"])
     entropy_coef: float = opt(0.0, "entropy bonus weight, exact over the vocabulary (POPE 1e-4, SimpleRL 1e-3)")
+    kl_cov_ratio: float = opt(0.0, "KL-Cov entropy-collapse control: this fraction of each micro-batch's tokens, "
+                              "those of largest Cov_t = (logp_t - mean logp)(A_t - mean A), gets the penalty "
+                              "kl_cov_coef * |logp_t - old_logp_t| (Cui et al. 2025: 2e-3; 0 = off)")
+    kl_cov_coef: float = opt(1.0, "KL-Cov's penalty weight (Cui et al. 2025: 1); acts only with --minibatches > 1")
     # optimisation
     lr: float = opt(1e-6, "AdamW learning rate (POPE config: 1e-6)")
     lr_schedule: str = opt("constant", "learning rate over the run: constant, or cosine from --lr at step 0 to 0 after "
@@ -335,11 +340,15 @@ def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
 
 def grpo_loss(logp, old_logp, adv, weights, eps_low: float, eps_high: float, entropy=None, entropy_coef: float = 0.0,
               ref_logp=None, kl: str = "reverse-k2", kl_coef: float = 0.0, kl_clamp: float = 5.0, kl_forward=None,
-              kl_reverse=None):
+              kl_reverse=None, kl_cov_ratio: float = 0.0, kl_cov_coef: float = 1.0):
     """The step's loss sum_t w_t L_t over N completion tokens, and token-level metric sums.
 
     logp, old_logp, adv, weights, entropy, ref_logp, kl_forward, kl_reverse: [N] (adv is the sequence's advantage
     at each of its tokens; the last five come from `token_stats`). kl, kl_coef, kl_clamp: see `kl_term`.
+    kl_cov_ratio > 0 adds KL-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Eq. 13): the
+    tokens whose logprob moves most with their advantage, the top kl_cov_ratio of Cov_t over these N tokens, are held
+    near the rollout policy by kl_cov_coef * |logp_t - old_logp_t|. Their paper drops the clip for it; here it is
+    added to the clipped surrogate, so it composes with every other term.
     """
     ratio = torch.exp(logp - old_logp)  # [N] rho_t; exactly 1 (with gradient) when old_logp = logp.detach()
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high)  # [N]
@@ -357,13 +366,20 @@ def grpo_loss(logp, old_logp, adv, weights, eps_low: float, eps_high: float, ent
     if entropy is not None:
         loss_t = loss_t - entropy_coef * entropy  # [N]
         metrics["entropy"] = entropy.detach().sum().item()
+    if kl_cov_ratio > 0:
+        lp = logp.detach()
+        cov = (lp - lp.mean()) * (adv - adv.mean())  # [N] Cov_t, each token's term of the batch covariance
+        top = cov.topk(max(1, int(kl_cov_ratio * len(cov)))).indices  # [n_top] the largest
+        penalty = torch.zeros_like(loss_t).index_copy(0, top, (logp - old_logp)[top].abs())  # [N] 0 off the top
+        loss_t = loss_t + kl_cov_coef * penalty  # [N]
     return (weights * loss_t).sum(), metrics
 
 
 def loss_options(cfg: Config) -> dict:
     """The loss knobs of a Config, as `grpo_loss`'s keyword arguments."""
     return dict(eps_low=cfg.eps_low, eps_high=cfg.eps_high, entropy_coef=cfg.entropy_coef, kl=cfg.kl,
-                kl_coef=cfg.kl_coef, kl_clamp=cfg.kl_log_ratio_clamp)
+                kl_coef=cfg.kl_coef, kl_clamp=cfg.kl_log_ratio_clamp, kl_cov_ratio=cfg.kl_cov_ratio,
+                kl_cov_coef=cfg.kl_cov_coef)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -472,6 +488,8 @@ def check_config(cfg: Config, world: int) -> None:
         raise ConfigError(f"--ref-phi-min {cfg.ref_phi_min}: must be in (0, 1] (1 = the plain reference)")
     if cfg.ref_phi_min < 1 and cfg.kl_coef == 0:
         raise ConfigError("--ref-phi-min < 1 reweights the KL's reference, but --kl-coef 0 turns the KL off")
+    if not 0 <= cfg.kl_cov_ratio < 1:
+        raise ConfigError(f"--kl-cov-ratio {cfg.kl_cov_ratio}: a fraction of tokens, in [0, 1) (0 = off)")
 
 
 def load_model(cfg: Config, device, world: int, trainable: bool) -> Scorer | Reference:

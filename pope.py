@@ -26,8 +26,8 @@ solvability eval, as in evaluate.py. Two are this project's: clip 0.2/0.2 (the a
 their asynchronous trainer; this one is synchronous) and the prefix search's k = 16 (the paper's value was not
 published).
 
-With no --model, `run_toy` runs the toy world's comparison (toy.py's task and base model, toy_compare.py's arms),
-POPE's arm built with the functions above.
+With no --model, the toy world's comparison runs (toy.py's task and base model, toy_compare.py's arms), POPE's arm
+built with the functions above.
 
 Deliberately left out: asynchronous (PipelineRL-style) rollouts, importance weighting between guided and unguided
 contexts (the authors apply none), and generating oracle solutions (the hard set ships verified ones).
@@ -36,7 +36,6 @@ contexts (the authors apply none), and generating oracle solutions (the hard set
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import json
 import math
@@ -50,8 +49,6 @@ from transformers import AutoTokenizer
 import data
 import grpo
 import reward
-import toy
-import toy_compare
 from common import ConfigError, check_model_path, init_distributed, one_line_errors, opt, parse_config, shutdown
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
 
@@ -300,40 +297,17 @@ def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[di
     return grpo.train(cfg, prompts, reward_fn, eval_prompts, engine=engine)
 
 
-def run_toy(cfg: toy_compare.ToyConfig) -> dict:
-    """`python pope.py` with no --model: the toy world's comparison (toy_compare.py), POPE's arm built here. POPE's
-    prefix search runs with the base model's weights, before any arm trains."""
-    base_dir, hard, engine = toy_compare.setup(cfg)
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    unguided = [data.make_prompt(tok, p) for p in hard]
-    arms = {arm: unguided for arm in cfg.arms.split(",")}
-    if "pope" in arms:
-        pope_cfg = PopeConfig(model=base_dir, data=f"toy hard split of {cfg.n_hard}", out_dir=cfg.out_dir,
-                              seed=cfg.seed, guided_template=cfg.guided_template)
-        settings = (cfg.prefix_k, cfg.max_new_tokens, cfg.prefix_max_fraction, cfg.guided_template)
-        prefixes = find_prefixes(engine, tok, hard, toy.toy_reward, cache_path(pope_cfg, "prefixes", *settings),
-                                 k=cfg.prefix_k, temperature=1.0, max_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                 max_fraction=cfg.prefix_max_fraction, template=cfg.guided_template)
-        print(f"toy: POPE prefixes: {sum(r['solvable'] for r in prefixes.values())}/{len(hard)} hard problems solvable "
-              f"with a guiding prefix (mean {sum(r['lines'] for r in prefixes.values()) / len(hard):.1f} lines)")
-        arms["pope"] = training_set(tok, hard, prefixes, pope_cfg)
-        search = {"rollouts": sum(r["samples"] for r in prefixes.values()),
-                  "sampled_tokens": sum(r["tokens"] for r in prefixes.values())}
-    results = toy_compare.run_arms(cfg, base_dir, engine, arms, unguided, {"pope": search} if "pope" in arms else None)
-    del engine  # vLLM's teardown resets process-wide state: run it now, not when the garbage collector gets to it
-    gc.collect()  # (by then a later engine in this process, e.g. the next run of the toy test, would lose that state)
-    return results
-
-
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a.split("=")[0] == "--model" for a in argv):
         cfg = parse_config(PopeConfig, argv)
         with one_line_errors(cfg.dist_timeout_minutes):
             run(cfg)
-    else:  # no model: the toy world, with toy_compare.py's flags (and their --help)
+    else:  # no model: the toy world, with toy_compare.py's flags (and their --help); it imports this file
+        import toy_compare
+
         with one_line_errors():
-            run_toy(parse_config(toy_compare.ToyConfig, argv))
+            toy_compare.run(parse_config(toy_compare.ToyConfig, argv))
     shutdown()
 
 

@@ -10,27 +10,31 @@ one line per step ("step/last step register: state after it"), then the boxed an
     >>> import random
     >>> p = make_problem(random.Random(0), steps=3)
     >>> print(p.problem)
-    Each step adds 1 to one register, mod 10: a, b, c, d, a, b, ... in turn. What are the registers after the last step? Steps Q to S, registers start at a6 b6 c0 d4.
+    Each step adds 8 to one register, mod 10: a, b, c, d, a, b, ... in turn. What are the registers after the last step? Steps Q to S, registers start at a6 b6 c0 d4.
     >>> print(p.solution)
-    Q/S a: a7 b6 c0 d4
-    R/S b: a7 b7 c0 d4
-    S/S c: a7 b7 c1 d4
-    \boxed{a7 b7 c1 d4}
-    >>> toy_reward("S/S c: a7 b7 c1 d4\n\\boxed{a7 b7 c1 d4}", data.Prompt(p, []))
+    Q/S a: a4 b6 c0 d4
+    R/S b: a4 b4 c0 d4
+    S/S c: a4 b4 c8 d4
+    \boxed{a4 b4 c8 d4}
+    >>> toy_reward("S/S c: a4 b4 c8 d4\n\\boxed{a4 b4 c8 d4}", data.Prompt(p, []))
     1.0
 
 Why this family (the toy must reproduce POPE's exploration bottleneck, see ../shared/spec/algorithms.md §2):
 - Every line is the same small skill: the next step's name (the letter after the last one), its register (the one
-  after the last one), three digits copied and one increased by 1. The base model is warm-started on *sloppy* worked
-  solutions in which each line slips (a wrong digit, and the lines after it carry on from the wrong state) with
-  probability `slip`. So, like a real base model, it knows the method but executes each line with accuracy p of
-  about 1 - slip, and a k-step problem is solved with probability about p^k: most of the time for short problems,
-  essentially never for 16 steps ("hard"). Both are measured, not assumed (`python toy.py measure`).
-- A slipped digit is never repaired later, and the answer space has 10^4 values, so a sloppy chain almost never lands
-  on the gold answer by luck.
-- An oracle prefix of m lines leaves k - m lines to execute, so a guided prompt is solvable where the unguided one is
-  not, and what RL sharpens there (per-line accuracy) is the skill the unguided problem needs: the transfer POPE
-  relies on.
+  after the last one), three digits copied and one increased by 8, mod 10. Eight lines in ten *wrap* past 9
+  (`wraps`), and that is the one sub-skill the base model gets wrong on purpose: it is warm-started on sloppy worked
+  solutions in which a wrapping line is written, with probability WRAP_ERROR = 0.6, as if the register stopped at 9
+  (a systematic misconception; every other line is right). So the wrong digit is the *most likely* token on every
+  wrapping line, and the right one keeps about 0.4 of the probability: greedy decoding or any lower temperature
+  makes the base model worse, not better, and a k-step problem with w wraps is solved with probability about
+  0.4^w at T = 1: often for 1-4 steps, essentially never for 16 steps (12 to 16 wraps, "hard"), at any temperature.
+  Measured, not assumed: `python toy.py measure` prints the decoding sweep.
+- A wrong digit is never repaired later (a saturated register then carries on from 9), and the answer space has
+  10^4 values, so a sloppy chain almost never lands on the gold answer by luck.
+- An oracle prefix of m lines leaves k - m lines to execute: near the end, one or two wraps, so a guided prompt is
+  solvable where the unguided one is not, and what RL sharpens there (wrapping right) is exactly the skill the
+  unguided problem needs: the transfer POPE relies on. Short problems exercise the same skill; that is why mixing
+  easy problems is a strong rival in this toy (README).
 - Everything a line needs is in the line before it, or (for the first line) at the end of the problem statement: a
   fixed distance back. This is what makes the task learnable in a 5-minute CPU warm-start. An earlier version
   listed the steps in the problem (to be looked up by name) and the start state at its beginning: the same model had
@@ -39,10 +43,11 @@ Why this family (the toy must reproduce POPE's exploration bottleneck, see ../sh
   "no-restate", the guided rollout continues right after the prefix's last line.
 
 The base model: `make_tokenizer` (byte-level BPE trained on the toy corpus, digits split one per token so numbers
-tokenise regularly), a tiny Qwen3 (0.73 M parameters; untied embeddings, head_dim 32: vLLM-CPU constraints,
+tokenise regularly), a tiny Qwen3 (0.74 M parameters; untied embeddings, head_dim 32: vLLM-CPU constraints,
 ../shared/spec/cpu-stack.md), and `warm_start`: a short supervised fine-tune on sloppy solutions of problems of every
-length in WARM_STEPS, a quarter of them guided (the target continues after an oracle prefix), so the base model
-follows POPE's guided prompts. `build_base_model(out_dir, seed)` does all three and caches the folder. Deliberately
+length in WARM_STEPS, half of them guided (the target continues after an oracle prefix), so the base model
+follows POPE's guided prompts (with a quarter guided and 600 steps instead of 900, guided prompts with long prefixes
+were followed badly: 8 of 32 hard problems solvable with a 13-line prefix in 32 samples, against 15 in 8 now). `build_base_model(out_dir, seed)` does all three and caches the folder. Deliberately
 left out: a math verifier (the reward is exact match of the last \boxed{}), and the hard split's own problems in the
 warm-start.
 
@@ -130,6 +135,7 @@ def make_tiny_model(out_dir: str, seed: int = 0, corpus: list[str] | None = None
 # The task family
 # ---------------------------------------------------------------------------------------------------------------
 
+ADD = 8  # each step adds 8 to a register, so 8 in 10 lines wrap past 9 (`wraps`)
 REGISTERS = "abcd"  # the state's digits, in order; 4 digits -> 10^4 answers, so lucky guesses are ~1e-4
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # step names: consecutive letters, starting anywhere
 
@@ -141,9 +147,15 @@ def show(state: str) -> str:
 
 
 def step(state: str, register: str) -> str:
-    """`step("3795", "c") == "3705"`: add 1 to one register, mod 10 (no carry)."""
+    """`step("3795", "c") == "3775"`: add ADD (8) to one register, mod 10 (no carry)."""
     i = REGISTERS.index(register)
-    return state[:i] + str((int(state[i]) + 1) % 10) + state[i + 1:]
+    return state[:i] + str((int(state[i]) + ADD) % 10) + state[i + 1:]
+
+
+def wraps(state: str, register: str) -> bool:
+    """Whether adding ADD to `register` passes 9 (`wraps("3795", "c")`: 9 + 8 = 17): the line kind the base model
+    gets wrong on purpose (`worked_lines`)."""
+    return int(state[REGISTERS.index(register)]) + ADD >= 10
 
 
 def draw_task(rng: random.Random, steps: int) -> tuple[str, list[tuple[str, str]]]:
@@ -156,21 +168,24 @@ def draw_task(rng: random.Random, steps: int) -> tuple[str, list[tuple[str, str]
     return start, [(LABELS[(first + i) % len(LABELS)], REGISTERS[i % len(REGISTERS)]) for i in range(steps)]
 
 
-def worked_lines(start: str, ops: list[tuple[str, str]], slip: float = 0.0, rng: random.Random | None = None,
+def worked_lines(start: str, ops: list[tuple[str, str]], wrap_error: float = 0.0, rng: random.Random | None = None,
                  exact: int = 0) -> list[str]:
     """The solution's lines: one per step, "F/I a: <state after it>" (step F of the steps up to I, register a), then
     the boxed final state.
 
-    `slip` > 0 makes a sloppy worked solution for the warm-start: after the first `exact` lines, each line's updated
-    digit is, with probability `slip`, a wrong digit (uniform over the other 9), and later lines carry on from that
-    wrong state, as a real slip would. The base model learns to execute each line with accuracy about 1 - slip.
+    `wrap_error` > 0 makes a sloppy worked solution for the warm-start: after the first `exact` lines, a line whose
+    register wraps past 9 is, with probability `wrap_error`, written as if the register stopped at 9 (a systematic
+    misconception, "registers saturate"), and later lines carry on from that wrong state, as a real error would.
+    Every other line is right.
+
+    >>> worked_lines("0015", [("A", "c"), ("B", "d")], wrap_error=1.0, rng=random.Random(0))  # d: 5 + 8 wraps
+    ['A/B c: a0 b0 c9 d5', 'B/B d: a0 b0 c9 d9', '\\\\boxed{a0 b0 c9 d9}']
     """
     state, lines, last = start, [], ops[-1][0]
     for i, (label, register) in enumerate(ops):
-        new = step(state, register)
-        if i >= exact and slip and rng.random() < slip:
-            j = REGISTERS.index(register)
-            new = new[:j] + rng.choice([d for d in "0123456789" if d != new[j]]) + new[j + 1:]
+        new, j = step(state, register), REGISTERS.index(register)
+        if i >= exact and wrap_error and wraps(state, register) and rng.random() < wrap_error:
+            new = new[:j] + "9" + new[j + 1:]
         state = new
         lines.append(f"{label}/{last} {register}: {show(state)}")
     return lines + [f"\\boxed{{{show(state)}}}"]
@@ -179,7 +194,7 @@ def worked_lines(start: str, ops: list[tuple[str, str]], slip: float = 0.0, rng:
 def problem_text(start: str, ops: list[tuple[str, str]]) -> str:
     """The problem statement. Everything that varies sits at its end and has a fixed length in tokens, so a tiny model
     finds it at a fixed distance from its first line (no search through the prompt: see the module docstring)."""
-    return ("Each step adds 1 to one register, mod 10: a, b, c, d, a, b, ... in turn. What are the registers after "
+    return ("Each step adds 8 to one register, mod 10: a, b, c, d, a, b, ... in turn. What are the registers after "
             f"the last step? Steps {ops[0][0]} to {ops[-1][0]}, registers start at {show(start)}.")
 
 
@@ -198,13 +213,16 @@ def make_split(n: int, min_steps: int, max_steps: int, seed: int = 0, name: str 
 
 
 # Difficulty. The warm-start shows sloppy solutions of problems of every length in WARM_STEPS (so no length is new to
-# the base model), but never the eval splits' problems; what makes HARD_STEPS hard is only p^k. SLIP is chosen so
-# that the base model's pass@32 on the hard split is zero while guided prompts are solvable, measured by
+# the base model), but never the eval splits' problems. A 16-step problem wraps 12 to 16 times (each register gains
+# 4 x 8 = 32), a 1-to-4-step one 0 to 4 times, and each wrap is right with probability about q = 1 - WRAP_ERROR at
+# T = 1 and less at any lower temperature (the error is the argmax): q^12 or less is what makes HARD_STEPS hard at
+# every decoding, while an oracle prefix that leaves 2 lines leaves about 1.6 wraps. Measured by
 # `python toy.py measure` (numbers in the README's toy section).
 WARM_STEPS = (1, 16)
 EASY_STEPS = (1, 4)
 HARD_STEPS = (16, 16)
-SLIP = 0.45
+WRAP_ERROR = 0.6
+SHIPPED_MODEL = str(Path(__file__).resolve().with_name("toy-model"))  # build_base_model()'s output, in the repo
 
 
 def easy_split(n: int = 64, seed: int = 0, steps: tuple[int, int] = EASY_STEPS) -> list[data.Problem]:
@@ -249,7 +267,7 @@ def line_accuracy(text: str, problem: data.Problem) -> tuple[int, int]:
     >>> p = make_problem(random.Random(0), steps=3)
     >>> line_accuracy(p.solution, p)
     (3, 3)
-    >>> line_accuracy("Q/S a: a7 b6 c0 d4\\nR/S b: a7 b8 c0 d4\\nS/S c: a7 b8 c1 d4", p)  # line 2 slips, 3 carries on
+    >>> line_accuracy("Q/S a: a4 b6 c0 d4\\nR/S b: a4 b9 c0 d4\\nS/S c: a4 b9 c8 d4", p)  # line 2 saturates, 3 carries on
     (2, 3)
     """
     oracle = solution_lines(problem)[:-1]
@@ -286,7 +304,7 @@ def toy_corpus(n: int = 400, seed: int = 0) -> list[str]:
     return texts
 
 
-def warm_start_examples(tok, n: int, steps: tuple[int, int] = WARM_STEPS, seed: int = 0, slip: float = SLIP,
+def warm_start_examples(tok, n: int, steps: tuple[int, int] = WARM_STEPS, seed: int = 0, wrap_error: float = WRAP_ERROR,
                         guided_frac: float = 0.25, template: str = "no-restate") -> list[tuple[list[int], list[int]]]:
     """`n` (prompt_ids, target_ids) pairs on fresh problems of `steps` steps, with sloppy targets (`worked_lines`).
 
@@ -300,7 +318,7 @@ def warm_start_examples(tok, n: int, steps: tuple[int, int] = WARM_STEPS, seed: 
         oracle = worked_lines(start, ops)
         p = data.Problem(f"warm-{seed}-{i}", problem_text(start, ops), "", "\n".join(oracle))
         m = rng.randint(1, len(ops) - 1) if len(ops) > 1 and rng.random() < guided_frac else 0
-        target = worked_lines(start, ops, slip, rng, exact=m)
+        target = worked_lines(start, ops, wrap_error, rng, exact=m)
         if m and template == "no-restate":
             target = target[m:]
         prompt = data.make_guided_prompt(tok, p, oracle_prefix(p, m), template) if m else data.make_prompt(tok, p)
@@ -325,7 +343,7 @@ def warm_start(model: Qwen3ForCausalLM, examples: list[tuple[list[int], list[int
     weights = [len(b) for b in buckets]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
     pad = model.config.pad_token_id
     model.train()
     losses, t0 = [], time.time()
@@ -353,20 +371,20 @@ def warm_start(model: Qwen3ForCausalLM, examples: list[tuple[list[int], list[int
     return losses
 
 
-def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, train_steps: tuple[int, int] = WARM_STEPS,
-                     slip: float = SLIP, steps: int = 600, batch_size: int = 16, lr: float = 2e-3,
-                     guided_frac: float = 0.25, template: str = "no-restate", vocab_size: int = 640,
-                     hidden_size: int = 128, num_layers: int = 4, max_positions: int = 1024, force: bool = False,
-                     log_every: int = 50) -> str:
-    """Build (or reuse) the toy base model in `out_dir`: tokenizer + tiny Qwen3 + warm-start on easy problems.
+def build_base_model(out_dir: str = SHIPPED_MODEL, seed: int = 0, *, n_train: int = 20_000,
+                     train_steps: tuple[int, int] = WARM_STEPS, wrap_error: float = WRAP_ERROR, steps: int = 900,
+                     batch_size: int = 16, lr: float = 2e-3, guided_frac: float = 0.5, template: str = "no-restate",
+                     vocab_size: int = 640, hidden_size: int = 128, num_layers: int = 4, max_positions: int = 1024,
+                     force: bool = False, log_every: int = 50) -> str:
+    """Build (or reuse) the toy base model in `out_dir`: tokenizer + tiny Qwen3 + warm-start on sloppy solutions.
 
     Deterministic for a given `seed` and settings; the settings are written to `out_dir/toy_build.json`, and a folder
     whose file matches is reused as is (pass `force=True` to rebuild). Returns `out_dir`.
     """
-    settings = dict(seed=seed, n_train=n_train, train_steps=list(train_steps), slip=slip, steps=steps,
+    settings = dict(seed=seed, n_train=n_train, train_steps=list(train_steps), wrap_error=wrap_error, steps=steps,
                     batch_size=batch_size, lr=lr, guided_frac=guided_frac, template=template,
                     vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, max_positions=max_positions,
-                    version=3)
+                    version=4)
     marker = Path(out_dir) / "toy_build.json"
     if not force and marker.is_file() and json.loads(marker.read_text()).get("settings") == settings:
         return out_dir
@@ -376,7 +394,7 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, trai
     model = Qwen3ForCausalLM(_qwen3_config(tok, hidden_size, num_layers, max_positions))
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    examples = warm_start_examples(tok, n_train, train_steps, seed=seed, slip=slip, guided_frac=guided_frac,
+    examples = warm_start_examples(tok, n_train, train_steps, seed=seed, wrap_error=wrap_error, guided_frac=guided_frac,
                                    template=template)
     losses = warm_start(model, examples, steps=steps, batch_size=batch_size, lr=lr, seed=seed, log_every=log_every)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -393,7 +411,7 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, trai
 # ---------------------------------------------------------------------------------------------------------------
 
 def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: int = 32, n_hard: int = 32,
-            prefix_lines: tuple[int, ...] = (4, 7, 10, 13), temperature: float = 1.0, seed: int = 1,
+            prefix_lines: tuple[int, ...] = (3, 7, 10, 14), temperature: float = 1.0, seed: int = 1,
             template: str = "no-restate", max_tokens: int = 300) -> dict:
     """Print and return the base model's per-line accuracy, the hard set's decoding sweep (greedy and several
     temperatures), and pass@k: easy unguided, hard unguided, hard guided by prefix length."""
@@ -445,10 +463,21 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
     return rows
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in ("build", "measure"):
-        sys.exit("usage: python toy.py build|measure [MODEL_DIR]   (the comparison of arms: python pope.py --help)")
-    out = sys.argv[2] if len(sys.argv) > 2 else "runs/toy-base"
-    build_base_model(out)
-    if sys.argv[1] == "measure":
+def main(argv: list[str]) -> None:
+    usage = ("usage: python toy.py build|measure [MODEL_DIR]   (default: the shipped base model, toy-model/)\n"
+             "  build    rebuild the base model (~4 minutes; the shipped one is this command's output)\n"
+             "  measure  the base model's decoding sweep and pass@k, unguided and guided (~3 minutes)\n"
+             "The comparison: python pope.py [--arms all --seeds 0,1,2]; its flags: python pope.py --help.\n"
+             "Its arms: ")
+    if not argv or argv[0] not in ("build", "measure"):
+        import toy_compare  # here: only the usage text needs it (it imports the trainer and vLLM)
+
+        sys.exit(usage + ", ".join(toy_compare.ARMS))
+    out = argv[1] if len(argv) > 1 else SHIPPED_MODEL
+    build_base_model(out, force=argv[0] == "build")
+    if argv[0] == "measure":
         measure(out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,88 +1,108 @@
 """The toy comparison (`python pope.py` with no --model; `--model M --help` lists POPE's own flags).
 
-    python pope.py                                   # GRPO and POPE side by side (pope.py puts this file together)
-    python pope.py --arms grpo,grpo-entropy,grpo-clip-higher,pope     # every arm
+    python pope.py                                            # GRPO and POPE side by side, ~5 minutes
+    python pope.py --arms all --seeds 0,1,2                   # every arm, three seeds: the README's table
 
-`toy.py` holds the task and its base model; this file holds the experiment around them: the arms' settings (all
-share everything but the arm's own knob), the base model's and each arm's unguided hard-set solvability and pass@k
-on the same prompts, samples and seeds, `summary.json` and the plot. POPE's own part, the prefix search and the guided
-training set, is in pope.py, which runs this experiment (`pope.run_toy`), so neither file imports the other's
-caller. Deliberately left out: several seeds per run (run it again with --seed), and arms that need their own code
-(easy-problem mixing, SFT on the oracle solutions).
+`toy.py` holds the task and its shipped base model; this file holds the experiment around them. Every arm starts
+from the same base model and, per seed, trains on the same 32 hard problems (the seed draws them and seeds all
+sampling); every arm is measured on those problems unguided, with the same prompts, samples and seeds. The arms:
+
+    grpo              GRPO on the unguided hard problems
+    grpo-entropy      + an entropy bonus (--entropy-coef)
+    grpo-clip-higher  + DAPO's clip-higher (--eps-high; it acts because each batch is --minibatches 2 updates)
+    grpo-klcov        + KL-Cov (Cui et al. 2025, arXiv 2505.22617), an entropy-collapse control (grpo.grpo_loss)
+    grpo-mix          GRPO on the hard problems and as many easy ones (the POPE paper's hard + easy mixing, §5)
+    sft-grpo          supervised fine-tuning on the hard problems' oracle solutions (--sft-steps), then GRPO
+    pope              unguided + guided copies, after pope.py's prefix search
+
+Equal budgets: every arm but POPE samples a larger group (--baseline-group-size; by default the smallest that gives
+it at least POPE's rollouts, POPE's prefix search included), so "the rivals sampled less" cannot explain a gap.
+Each arm's rollouts and sampled tokens are in `summary.json` and the printed table. With several --seeds, the table
+gives each arm's mean and range. Deliberately left out: other base models (`--base-model` takes any toy.py build).
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import data
 import evaluate
 import grpo
+import pope
 import reward
 import toy
 from common import ConfigError, opt, request_seed
 from rollout import Engine
 
-ARMS = ("grpo", "grpo-entropy", "grpo-clip-higher", "pope")
+ARMS = ("grpo", "grpo-entropy", "grpo-clip-higher", "grpo-klcov", "grpo-mix", "sft-grpo", "pope")
 
 
 @dataclass
 class ToyConfig:
-    out_dir: str = opt("runs/toy", "base model, arms' runs, summary JSON and the PNG")
-    seed: int = opt(0, "seeds the problems, the base model and every arm")
-    warm_steps: int = opt(600, "supervised warm-start steps of the base model")
-    base_model: str = opt("", "use this toy base-model folder instead of building one")
+    out_dir: str = opt("runs/toy", "arms' runs, summary JSON and the PNG (one folder per seed)")
+    seeds: str = opt("0", "comma-separated seeds; each draws its own hard problems and seeds every arm's sampling")
+    base_model: str = opt(toy.SHIPPED_MODEL, "toy base-model folder (default: the shipped one, which "
+                          "`python toy.py build` rebuilds)")
     n_hard: int = opt(32, "hard problems: the training set, and the set whose unguided solvability is measured")
-    arms: str = opt("grpo,grpo-entropy,grpo-clip-higher,pope", "comma-separated arms, each from the same base model "
-                    f"and seed: {', '.join(ARMS)}")
-    steps: int = opt(6, "training steps per arm")
-    prompts_per_step: int = opt(8, "prompts per step (POPE: guided and unguided)")
-    group_size: int = opt(8, "samples per prompt")
+    arms: str = opt("grpo,pope", f"comma-separated arms, or all: {', '.join(ARMS)}")
+    steps: int = opt(12, "training steps per arm")
+    prompts_per_step: int = opt(16, "prompts per step (POPE: guided and unguided)")
+    group_size: int = opt(8, "samples per prompt of the POPE arm")
+    baseline_group_size: int = opt(0, "samples per prompt of every other arm; 0 = the smallest group that gives each "
+                                   "at least POPE's rollouts, its prefix search included")
     minibatches: int = opt(2, "optimizer steps per rollout batch (2: the clip acts)")
-    lr: float = opt(2e-4, "AdamW learning rate of every arm (1e-3 wrecks the tiny model in one step)")
+    lr: float = opt(4e-4, "AdamW learning rate of every arm (1e-3 wrecks the tiny model in one step)")
     max_new_tokens: int = opt(260, "response budget (a 16-step solution is 238)")
     entropy_coef: float = opt(1e-2, "entropy bonus of the grpo-entropy arm")
     eps_high: float = opt(0.28, "upper clip of the grpo-clip-higher arm (DAPO)")
+    kl_cov_ratio: float = opt(2e-3, "grpo-klcov: fraction of tokens, by covariance, that get the KL penalty (KL-Cov)")
+    kl_cov_coef: float = opt(1.0, "grpo-klcov: weight of the |log ratio| penalty (KL-Cov: 1)")
+    sft_steps: int = opt(16, "sft-grpo: supervised steps on the oracle solutions (16 x 16 = 8 epochs of 32)")
+    sft_lr: float = opt(1e-3, "sft-grpo: supervised learning rate")
     prefix_k: int = opt(8, "samples per guided candidate in POPE's prefix search")
-    prefix_max_fraction: float = opt(0.8, "longest guiding prefix, fraction of lines: candidates 3, 6, 10, 13 of 17 "
-                                     "(POPE's 0.25 leaves 12 of 16 steps: p^12 ~ 0)")
+    prefix_max_fraction: float = opt(0.85, "longest guiding prefix, fraction of lines: candidates 3, 7, 10, 14 of 17 "
+                                     "(POPE's 0.25 leaves 12 of 16 steps: about 10 wraps)")
     guided_template: str = opt("no-restate", "POPE's guided prompt; 'no-restate' because the tiny model cannot learn "
                                "to copy a block from the prompt (toy.py's docstring)")
-    eval_every: int = opt(3, "unguided hard-set solvability every N steps (--steps is a multiple: the last one is "
+    eval_every: int = opt(4, "unguided hard-set solvability every N steps (--steps is a multiple: the last one is "
                           "each arm's result)")
     eval_k: int = opt(8, "solvable = >= 1 correct in k samples (POPE: pass@8)")
 
 
-def arm_config(cfg: ToyConfig, base_dir: str, arm: str) -> grpo.Config:
-    """The GRPO config of one arm: all share everything but the arm's own knob."""
-    common = dict(model=base_dir, out_dir=str(Path(cfg.out_dir) / arm), steps=cfg.steps, seed=cfg.seed,
-                  prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, minibatches=cfg.minibatches,
+def arm_config(cfg: ToyConfig, model: str, arm: str, seed: int, group_size: int) -> grpo.Config:
+    """The GRPO config of one arm: all share everything but the arm's own knob (and POPE its group size)."""
+    common = dict(model=model, out_dir=str(Path(cfg.out_dir) / f"seed{seed}" / arm), steps=cfg.steps, seed=seed,
+                  prompts_per_step=cfg.prompts_per_step, group_size=group_size, minibatches=cfg.minibatches,
                   temperature=1.0, max_new_tokens=cfg.max_new_tokens, max_model_len=1024, lr=cfg.lr,
                   adv_std_norm=False, micro_batch_size=64, log_samples=1, eval_every=cfg.eval_every,
                   eval_k=cfg.eval_k)
-    own = {"grpo": {}, "grpo-entropy": {"entropy_coef": cfg.entropy_coef},
-           "grpo-clip-higher": {"eps_high": cfg.eps_high}, "pope": {}}
-    if arm not in own:
-        raise ConfigError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-    return grpo.Config(**common, **own[arm])
+    own = {"grpo-entropy": {"entropy_coef": cfg.entropy_coef}, "grpo-clip-higher": {"eps_high": cfg.eps_high},
+           "grpo-klcov": {"kl_cov_ratio": cfg.kl_cov_ratio, "kl_cov_coef": cfg.kl_cov_coef}}
+    return grpo.Config(**common, **own.get(arm, {}))
 
 
-def setup(cfg: ToyConfig) -> tuple[str, list[data.Problem], Engine]:
-    """The base model (built, or --base-model), the hard problems, and one engine that every arm shares."""
-    unknown = set(cfg.arms.split(",")) - set(ARMS)
+def check(cfg: ToyConfig) -> list[str]:
+    """The arms to run, after checking the flags."""
+    arms = list(ARMS) if cfg.arms == "all" else cfg.arms.split(",")
+    unknown = set(arms) - set(ARMS)
     if unknown:
-        raise ConfigError(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
+        raise ConfigError(f"--arms: unknown {', '.join(sorted(unknown))}; choose from all, {', '.join(ARMS)}")
     if cfg.steps % cfg.eval_every:
         raise ConfigError(f"--steps {cfg.steps} must be a multiple of --eval-every {cfg.eval_every} "
                           f"(the last step's evaluation is each arm's final result)")
-    t0 = time.time()
-    base_dir = cfg.base_model or toy.build_base_model(str(Path(cfg.out_dir) / "base-model"), seed=cfg.seed,
-                                                      steps=cfg.warm_steps)
-    print(f"toy: base model ready in {time.time() - t0:.0f} s", flush=True)
-    return base_dir, toy.hard_split(cfg.n_hard, seed=cfg.seed), grpo.make_engine(arm_config(cfg, base_dir, "grpo"), 1)
+    if not Path(cfg.base_model, "config.json").is_file():
+        if cfg.base_model != toy.SHIPPED_MODEL:
+            raise ConfigError(f"--base-model {cfg.base_model}: no config.json there; build one with "
+                              f"`python toy.py build {cfg.base_model}`")
+        toy.build_base_model(cfg.base_model)  # the shipped folder is missing (deleted?): rebuild it, ~4 minutes
+    return arms
 
 
 def measured(metrics: dict, eval_k: int) -> dict:
@@ -91,66 +111,136 @@ def measured(metrics: dict, eval_k: int) -> dict:
             **{k.replace("eval_pass_at_", "pass@"): v for k, v in metrics.items() if k.startswith("eval_pass_at_")}}
 
 
-def run_arms(cfg: ToyConfig, base_dir: str, engine: Engine, arm_prompts: dict[str, list[data.Prompt]],
-             unguided: list[data.Prompt], searched: dict[str, dict] | None = None) -> dict:
-    """Train each arm on its prompts from the base model; evaluate the base model and every arm on `unguided`
-    (the same prompts, samples and seeds as each arm's last step); write summary.json and the plot.
+def sft_model(cfg: ToyConfig, base_dir: str, tok, hard: list[data.Problem], out_dir: Path, seed: int) -> str:
+    """The sft-grpo arm's start: the base model fine-tuned on the hard problems' full oracle solutions, the same
+    privileged data POPE cuts its prefixes from (toy.warm_start: cross-entropy on the solution tokens)."""
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    examples = [(data.make_prompt(tok, p).prompt_ids,
+                 tok.encode(p.solution, add_special_tokens=False) + [tok.eos_token_id]) for p in hard]
+    toy.warm_start(model, examples, steps=cfg.sft_steps, batch_size=min(16, len(examples)), lr=cfg.sft_lr,
+                   warmup=max(1, cfg.sft_steps // 10), seed=seed, log_every=0)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return str(out_dir)
 
-    Each arm's budget is reported: the rollouts and sampled tokens of its training, plus `searched[arm]` (what an
-    arm sampled before training, e.g. POPE's prefix search: {"rollouts", "sampled_tokens"}). The evaluations are
-    measurements, not budget."""
-    pool, out, t0 = reward.RewardPool(0), Path(cfg.out_dir), time.time()
+
+def run_seed(cfg: ToyConfig, arms: list[str], engine: Engine, tok, seed: int) -> dict:
+    """Every arm for one seed: the base model's and each arm's unguided hard-set results, and each arm's budget."""
+    out = Path(cfg.out_dir) / f"seed{seed}"
+    hard = toy.hard_split(cfg.n_hard, seed=seed)
+    unguided = [data.make_prompt(tok, p) for p in hard]
+    engine.sync_weights(AutoModelForCausalLM.from_pretrained(cfg.base_model).named_parameters(
+        remove_duplicate=False))  # the base again
+    pool = reward.RewardPool(0)
     base = measured(evaluate.solvability(engine, pool, toy.toy_reward, unguided, k=cfg.eval_k, temperature=1.0,
-                                         max_tokens=cfg.max_new_tokens, seed=request_seed(cfg.seed, cfg.steps - 1),
+                                         max_tokens=cfg.max_new_tokens, seed=request_seed(seed, cfg.steps - 1),
                                          top_p=1.0, top_k=0, rank=0, world=1, device="cpu"), cfg.eval_k)
-    results = {"base": {"final": base, "curve": []}}
-    print(f"toy: base model, unguided hard set: {base}", flush=True)
-    for arm, prompts in arm_prompts.items():
+    pool.close()
+    print(f"toy seed {seed}: base model, unguided hard set: {base}", flush=True)
+    results, searched = {"base": {"final": base, "curve": []}}, {}
+    training = {arm: unguided for arm in arms}
+    if "pope" in arms:  # POPE's prefix search samples from the base model, before any arm trains
+        pope_cfg = pope.PopeConfig(model=cfg.base_model, data=f"toy hard split of {cfg.n_hard}", out_dir=str(out),
+                                   seed=seed, guided_template=cfg.guided_template)
+        settings = (cfg.prefix_k, cfg.max_new_tokens, cfg.prefix_max_fraction, cfg.guided_template)
+        prefixes = pope.find_prefixes(engine, tok, hard, toy.toy_reward,
+                                      pope.cache_path(pope_cfg, "prefixes", *settings), k=cfg.prefix_k,
+                                      temperature=1.0, max_tokens=cfg.max_new_tokens, seed=seed,
+                                      max_fraction=cfg.prefix_max_fraction, template=cfg.guided_template)
+        print(f"toy seed {seed}: POPE prefixes: {sum(r['solvable'] for r in prefixes.values())}/{len(hard)} hard "
+              f"problems solvable with a guiding prefix (mean {sum(r['lines'] for r in prefixes.values()) / len(hard):.1f}"
+              " lines)", flush=True)
+        training["pope"] = pope.training_set(tok, hard, prefixes, pope_cfg)
+        searched = {"rollouts": sum(r["samples"] for r in prefixes.values()),
+                    "sampled_tokens": sum(r["tokens"] for r in prefixes.values())}
+    if "grpo-mix" in arms:
+        easy = [replace(data.make_prompt(tok, p), kind="easy") for p in toy.easy_split(cfg.n_hard, seed=seed)]
+        training["grpo-mix"] = [p for pair in zip(unguided, easy) for p in pair]  # 1:1, interleaved
+    pope_rollouts = searched.get("rollouts", 0) + cfg.steps * cfg.prompts_per_step * cfg.group_size
+    baseline_group = cfg.baseline_group_size or (math.ceil(pope_rollouts / (cfg.steps * cfg.prompts_per_step))
+                                                 if "pope" in arms else cfg.group_size)
+    for arm in arms:
         t = time.time()
-        history = grpo.train(arm_config(cfg, base_dir, arm), prompts, toy.toy_reward, eval_prompts=unguided,
-                             engine=engine)
+        model = cfg.base_model
+        if arm == "sft-grpo":
+            model = sft_model(cfg, cfg.base_model, tok, hard, out / arm / "sft-model", seed)
+        group = cfg.group_size if arm == "pope" else baseline_group
+        history = grpo.train(arm_config(cfg, model, arm, seed, group), training[arm], toy.toy_reward,
+                             eval_prompts=unguided, engine=engine)
         evals = [(h["step"] + 1, measured(h, cfg.eval_k)) for h in history if f"eval_solvable_at_{cfg.eval_k}" in h]
-        before = (searched or {}).get(arm, {})
-        results[arm] = {"final": evals[-1][1], "curve": [(s, m["solvable"]) for s, m in evals],
+        before = searched if arm == "pope" else {}
+        results[arm] = {"final": evals[-1][1], "curve": [(s, m["solvable"]) for s, m in evals], "group_size": group,
                         "rollouts": sum(h["samples"] for h in history) + before.get("rollouts", 0),
                         "sampled_tokens": sum(h["sampled_tokens"] for h in history) + before.get("sampled_tokens", 0),
                         "clip_frac": max(h["clip_frac_pos_adv"] + h["clip_frac_neg_adv"] for h in history),
                         "seconds": round(time.time() - t, 1)}
-        print(f"toy: {arm}: unguided hard set after {cfg.steps} steps: {results[arm]['final']} "
+        print(f"toy seed {seed}: {arm}: unguided hard set after {cfg.steps} steps: {results[arm]['final']} "
               f"({results[arm]['seconds']:.0f} s)", flush=True)
-    pool.close()
-    (out / "summary.json").write_text(json.dumps(results, indent=1))
-    print_summary(results)
-    plot_comparison(results, cfg, out / "toy_comparison.png")
-    print(f"toy: arms took {time.time() - t0:.0f} s; summary {out / 'summary.json'}, plot {out / 'toy_comparison.png'}")
     return results
 
 
-def print_summary(results: dict) -> None:
-    keys = list(results["base"]["final"])
-    print(f"\n{'unguided hard set':<20}" + "".join(f"{k:>10}" for k in keys) + f"{'rollouts':>10}{'tokens':>10}")
-    for arm, r in results.items():
-        print(f"{arm:<20}" + "".join(f"{r['final'][k]:>10.3f}" for k in keys)
-              + f"{r.get('rollouts', 0):>10.0f}{r.get('sampled_tokens', 0):>10.0f}")
+def table(per_seed: dict[int, dict]) -> dict[str, dict]:
+    """{arm: {metric: [mean, min, max]}} over seeds, for the final measurements and the budget."""
+    first = next(iter(per_seed.values()))
+    out = {}
+    for arm in first:
+        rows = [r[arm] for r in per_seed.values()]
+        values = {k: [r["final"][k] for r in rows] for k in first["base"]["final"]}
+        values.update({k: [r.get(k, 0) for r in rows] for k in ("rollouts", "sampled_tokens", "clip_frac")})
+        out[arm] = {k: [sum(v) / len(v), min(v), max(v)] for k, v in values.items()}
+    return out
 
 
-def plot_comparison(results: dict, cfg: ToyConfig, path: Path) -> None:
-    """Left: unguided hard-set solvability during training, per arm. Right: each arm's final pass@k."""
+def print_table(summary: dict[str, dict], seeds: int) -> None:
+    keys = [k for k in next(iter(summary.values())) if k not in ("rollouts", "sampled_tokens", "clip_frac")]
+    print(f"\nunguided hard set, {'mean [min, max] over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}")
+    print(f"{'':<18}" + "".join(f"{k:>20}" for k in keys) + f"{'rollouts':>10}{'tokens':>10}{'clip frac':>10}")
+    for arm, r in summary.items():
+        cells = [f"{r[k][0]:.2f} [{r[k][1]:.2f}, {r[k][2]:.2f}]" if seeds > 1 else f"{r[k][0]:.3f}" for k in keys]
+        print(f"{arm:<18}" + "".join(f"{c:>20}" for c in cells)
+              + f"{r['rollouts'][0]:>10.0f}{r['sampled_tokens'][0]:>10.0f}{r['clip_frac'][2]:>10.3f}")
+
+
+def run(cfg: ToyConfig) -> dict:
+    """Every seed's arms, then summary.json ({"seeds": per seed, "table": mean/min/max}), the table and the plot."""
+    arms = check(cfg)
+    seeds = [int(s) for s in cfg.seeds.split(",")]
+    tok = AutoTokenizer.from_pretrained(cfg.base_model)
+    engine = grpo.make_engine(arm_config(cfg, cfg.base_model, "grpo", seeds[0], cfg.group_size), 1)
+    t0 = time.time()
+    per_seed = {seed: run_seed(cfg, arms, engine, tok, seed) for seed in seeds}
+    summary = {"seeds": per_seed, "table": table(per_seed)}
+    Path(cfg.out_dir, "summary.json").write_text(json.dumps(summary, indent=1))
+    print_table(summary["table"], len(seeds))
+    plot_comparison(per_seed, cfg, Path(cfg.out_dir) / "toy_comparison.png")
+    del engine  # vLLM's teardown resets process-wide state: run it now, not when the garbage collector gets to it
+    gc.collect()  # (by then a later engine in this process, e.g. the next run of the toy test, would lose that state)
+    print(f"toy: {time.time() - t0:.0f} s; summary {cfg.out_dir}/summary.json, plot {cfg.out_dir}/toy_comparison.png")
+    return summary
+
+
+def plot_comparison(per_seed: dict[int, dict], cfg: ToyConfig, path: Path) -> None:
+    """Left: unguided hard-set solvability during training, per arm (mean over seeds). Right: each arm's final
+    pass@k (mean over seeds)."""
     import matplotlib  # here: matplotlib is needed only to draw, and slow to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    ks = [int(k.split("@")[1]) for k in results["base"]["final"] if k.startswith("pass@")]
-    for arm, r in results.items():
+    runs = list(per_seed.values())
+    ks = [int(k.split("@")[1]) for k in runs[0]["base"]["final"] if k.startswith("pass@")]
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    for arm in runs[0]:
         style = dict(marker="o", label=arm) if arm != "base" else dict(color="k", linestyle="--", label="base model")
         if arm != "base":
-            steps, values = zip(*[(0, results["base"]["final"]["solvable"])] + [tuple(p) for p in r["curve"]])
+            steps = [0] + [s for s, _ in runs[0][arm]["curve"]]
+            values = [mean([r["base"]["final"]["solvable"] for r in runs])] + [
+                mean([r[arm]["curve"][i][1] for r in runs]) for i in range(len(steps) - 1)]
             left.plot(steps, values, **style)
-        right.plot(ks, [r["final"][f"pass@{k}"] for k in ks], **style)
+        right.plot(ks, [mean([r[arm]["final"][f"pass@{k}"] for r in runs]) for k in ks], **style)
     left.set(xlabel="training step", ylabel=f"solvable (>= 1 of {cfg.eval_k} correct)", ylim=(-0.02, 1.02),
-             title="unguided hard problems, during training")
+             title=f"unguided hard problems, during training ({len(runs)} seed{'s' * (len(runs) > 1)})")
     right.set(xscale="log", xlabel="k", ylabel="pass@k", ylim=(-0.02, 1.02), title="unguided hard problems, at the end")
     right.set_xticks(ks, [str(k) for k in ks])
     right.minorticks_off()

@@ -144,6 +144,27 @@ def test_clip_token_losses_and_which_tokens_are_clipped():
     assert metrics == {"clip_pos": 2, "n_pos": 5, "clip_neg": 2, "n_neg": 4}
 
 
+def test_kl_cov_penalises_exactly_the_top_covariance_tokens():
+    """KL-Cov: with ratio 0.2 of 10 tokens, the 2 tokens of largest (logp - mean)(A - mean) get
+    coef * |logp - old|, whose gradient is coef * sign(logp - old); every other token's gradient is unchanged."""
+    logp0 = torch.tensor([-0.1, -3.0, -0.2, -2.5, -1.0, -0.3, -4.0, -1.5, -0.7, -2.0], dtype=torch.float64)
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, 0.0, 1.0, -1.0, 0.5, -0.5, 0.0], dtype=torch.float64)
+    old = logp0 + torch.tensor([0.1, -0.1] * 5, dtype=torch.float64)  # rho = e^-+0.1: inside the clip everywhere
+    grads = []
+    for ratio in (0.0, 0.2):
+        logp = logp0.clone().requires_grad_()
+        loss, _ = grpo.grpo_loss(logp, old, adv, torch.ones(10, dtype=torch.float64), eps_low=0.2, eps_high=0.2,
+                                 kl_cov_ratio=ratio, kl_cov_coef=0.5)
+        loss.backward()
+        grads.append(logp.grad)
+    cov = (logp0 - logp0.mean()) * (adv - adv.mean())
+    top = set(cov.topk(2).indices.tolist())
+    assert top == {6, 0}  # a confident token pushed up (0), an unlikely one pushed down (6)
+    for t in range(10):
+        extra = 0.5 * torch.sign(logp0[t] - old[t]).item() if t in top else 0.0
+        assert (grads[1][t] - grads[0][t]).item() == pytest.approx(extra, abs=1e-12), t
+
+
 def test_clip_higher_is_what_leaves_ratio_1_27_unclipped():
     logp, loss, metrics = clip_case(eps_high=0.2)  # symmetric: 1.27 is now above 1.2 and clipped
     loss.backward()
