@@ -13,14 +13,14 @@ The loss, per completion token t of sequence i (prompt tokens, including a POPE 
     rho_t   = pi_theta(y_t | s_t) / pi_old(y_t | s_t)
     L_t     = -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)                              (PPO; DAPO clip-higher)
               + kl_coef * KL_t - entropy_coef * H(pi_theta(. | s_t))
-              + kl_cov_coef * |log rho_t|  on the top kl_cov_ratio of tokens by Cov_t          (KL-Cov, off by default)
+              + kl_cov_coef * |log rho_t|, on the top kl_cov_ratio of tokens by Cov_t only  (KL-Cov; off)
     loss    = sum_t w_t L_t          with the per-token weight w_t set by --loss-agg (token-mean, seq-mean-token-mean, ...)
 
 Options come from: GRPO (DeepSeekMath, arXiv 2402.03300), DAPO (arXiv 2503.14476: clip-higher, token-mean),
-Dr.GRPO (arXiv 2503.20783: no std, constant normaliser), KL-Cov (Cui et al., arXiv 2505.22617), Schulman's KL estimators (joschu.net/blog/kl-approx.html;
-which KL direction each one's gradient follows is in `kl_term`),
-the POPE authors' PipelineRL config (sum over tokens / sequences per step), RAPO (arXiv 2510.03865: forward KL to a
-reward-reweighted reference). spec/algorithms.md in ../shared has the provenance of each.
+Dr.GRPO (arXiv 2503.20783: no std, constant normaliser), KL-Cov (arXiv 2505.22617), Schulman's KL estimators
+(joschu.net/blog/kl-approx.html; which KL direction each one's gradient follows is in `kl_term`), the POPE authors'
+PipelineRL config (sum over tokens / sequences per step), RAPO (arXiv 2510.03865: forward KL to a reward-reweighted
+reference). spec/algorithms.md in ../shared has the provenance of each.
 
 Logprobs are computed only at completion positions and in chunks of positions (`token_stats`), so peak memory is
 (chunk x vocab), not (response length x vocab): at Qwen's 151,936-token vocabulary a 16k-token response would need
@@ -111,8 +111,8 @@ class Config:
     entropy_coef: float = opt(0.0, "entropy bonus weight, exact over the vocabulary (POPE 1e-4, SimpleRL 1e-3)")
     kl_cov_ratio: float = opt(0.0, "KL-Cov entropy-collapse control: this fraction of each micro-batch's tokens, "
                               "those of largest Cov_t = (logp_t - mean logp)(A_t - mean A), gets the penalty "
-                              "kl_cov_coef * |logp_t - old_logp_t| (Cui et al. 2025: 2e-3; 0 = off)")
-    kl_cov_coef: float = opt(1.0, "KL-Cov's penalty weight (Cui et al. 2025: 1); acts only with --minibatches > 1")
+                              "kl_cov_coef * |logp_t - old_logp_t| (verl's default 2e-4, its recipes 1e-3; 0 = off)")
+    kl_cov_coef: float = opt(1.0, "KL-Cov's penalty weight (verl's default: 1); acts only with --minibatches > 1")
     # optimisation
     lr: float = opt(1e-6, "AdamW learning rate (POPE config: 1e-6)")
     lr_schedule: str = opt("constant", "learning rate over the run: constant, or cosine from --lr at step 0 to 0 after "
@@ -345,9 +345,9 @@ def grpo_loss(logp, old_logp, adv, weights, eps_low: float, eps_high: float, ent
 
     logp, old_logp, adv, weights, entropy, ref_logp, kl_forward, kl_reverse: [N] (adv is the sequence's advantage
     at each of its tokens; the last five come from `token_stats`). kl, kl_coef, kl_clamp: see `kl_term`.
-    kl_cov_ratio > 0 adds KL-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Eq. 13): the
+    kl_cov_ratio > 0 adds KL-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs"): the
     tokens whose logprob moves most with their advantage, the top kl_cov_ratio of Cov_t over these N tokens, are held
-    near the rollout policy by kl_cov_coef * |logp_t - old_logp_t|. Their paper drops the clip for it; here it is
+    near the rollout policy by kl_cov_coef * |logp_t - old_logp_t|. Their code (verl) drops the clip for it; here it is
     added to the clipped surrogate, so it composes with every other term.
     """
     ratio = torch.exp(logp - old_logp)  # [N] rho_t; exactly 1 (with gradient) when old_logp = logp.detach()

@@ -47,7 +47,8 @@ tokenise regularly), a tiny Qwen3 (0.74 M parameters; untied embeddings, head_di
 ../shared/spec/cpu-stack.md), and `warm_start`: a short supervised fine-tune on sloppy solutions of problems of every
 length in WARM_STEPS, half of them guided (the target continues after an oracle prefix), so the base model
 follows POPE's guided prompts (with a quarter guided and 600 steps instead of 900, guided prompts with long prefixes
-were followed badly: 8 of 32 hard problems solvable with a 13-line prefix in 32 samples, against 15 in 8 now). `build_base_model(out_dir, seed)` does all three and caches the folder. Deliberately
+were followed badly: 8 of 32 hard problems solvable with a 13-line prefix in 32 samples, against 15 in 8 now).
+`build_base_model(out_dir, seed)` does all three and caches the folder. Deliberately
 left out: a math verifier (the reward is exact match of the last \boxed{}), and the hard split's own problems in the
 warm-start.
 
@@ -267,7 +268,7 @@ def line_accuracy(text: str, problem: data.Problem) -> tuple[int, int]:
     >>> p = make_problem(random.Random(0), steps=3)
     >>> line_accuracy(p.solution, p)
     (3, 3)
-    >>> line_accuracy("Q/S a: a4 b6 c0 d4\\nR/S b: a4 b9 c0 d4\\nS/S c: a4 b9 c8 d4", p)  # line 2 saturates, 3 carries on
+    >>> line_accuracy("Q/S a: a4 b6 c0 d4\\nR/S b: a4 b9 c0 d4\\nS/S c: a4 b9 c8 d4", p)  # line 2 saturates
     (2, 3)
     """
     oracle = solution_lines(problem)[:-1]
@@ -472,7 +473,8 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] not in ("build", "measure"):
         import toy_compare  # here: only the usage text needs it (it imports the trainer and vLLM)
 
-        sys.exit(usage + ", ".join(toy_compare.ARMS))
+        print(usage + ", ".join(toy_compare.ARMS))
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     out = argv[1] if len(argv) > 1 else SHIPPED_MODEL
     build_base_model(out, force=argv[0] == "build")
     if argv[0] == "measure":
