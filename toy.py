@@ -466,7 +466,7 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
 
 def main(argv: list[str]) -> None:
     usage = ("usage: python toy.py build|measure [MODEL_DIR]   (default: the shipped base model, toy-model/)\n"
-             "  build    rebuild the base model (~4 minutes; the shipped one is this command's output)\n"
+             "  build    rebuild the base model (~5 minutes; the shipped one is this command's output)\n"
              "  measure  the base model's decoding sweep and pass@k, unguided and guided (~3 minutes)\n"
              "The comparison: python pope.py [--arms all --seeds 0,1,2]; its flags: python pope.py --help.\n"
              "Its arms: ")

@@ -1,7 +1,7 @@
 """The toy comparison (`python pope.py` with no --model; `--model M --help` lists POPE's own flags).
 
-    python pope.py                                            # GRPO and POPE side by side, ~5 minutes
-    python pope.py --arms all --seeds 0,1,2                   # every arm, three seeds: the README's table
+    python pope.py                                            # GRPO and POPE side by side, 4.5 minutes
+    python pope.py --arms all --seeds 0,1,2                   # every arm, three seeds (65 min): README's table
 
 `toy.py` holds the task and its shipped base model; this file holds the experiment around them. Every arm starts
 from the same base model and, per seed, trains on the same 32 hard problems (the seed draws them and seeds all
@@ -102,7 +102,7 @@ def check(cfg: ToyConfig) -> list[str]:
         if cfg.base_model != toy.SHIPPED_MODEL:
             raise ConfigError(f"--base-model {cfg.base_model}: no config.json there; build one with "
                               f"`python toy.py build {cfg.base_model}`")
-        toy.build_base_model(cfg.base_model)  # the shipped folder is missing (deleted?): rebuild it, ~4 minutes
+        toy.build_base_model(cfg.base_model)  # the shipped folder is missing (deleted?): rebuild it, ~5 minutes
     return arms
 
 
