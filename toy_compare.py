@@ -9,7 +9,7 @@ sampling); every arm is measured on those problems unguided, with the same promp
 
     grpo              GRPO on the unguided hard problems
     grpo-entropy      + an entropy bonus (--entropy-coef)
-    grpo-clip-higher  + DAPO's clip-higher (--eps-high; it acts because each batch is --minibatches 2 updates)
+    grpo-clip-higher  + DAPO's clip-higher (--eps-high; it can act: each batch is --minibatches 2 updates)
     grpo-klcov        + KL-Cov (Cui et al. 2025, arXiv 2505.22617), an entropy-collapse control (grpo.grpo_loss)
     grpo-mix          GRPO on the hard problems and as many easy ones (the POPE paper's hard + easy mixing, §5)
     sft-grpo          supervised fine-tuning on the hard problems' oracle solutions (--sft-steps), then GRPO
@@ -18,7 +18,9 @@ sampling); every arm is measured on those problems unguided, with the same promp
 Equal budgets: every arm but POPE samples a larger group (--baseline-group-size; by default the smallest that gives
 it at least POPE's rollouts, POPE's prefix search included), so "the rivals sampled less" cannot explain a gap.
 Each arm's rollouts and sampled tokens are in `summary.json` and the printed table. With several --seeds, the table
-gives each arm's mean and range. Deliberately left out: other base models (`--base-model` takes any toy.py build).
+gives each arm's mean and range. Deliberately left out: the SFT arm's oracle tokens from its budget (they are not
+sampled), and a second skill that only hard problems need, without which easy-problem mixing cannot show the POPE
+paper's "ray interference" (README's toy section).
 """
 
 from __future__ import annotations
