@@ -195,18 +195,17 @@ def test_hard_problems_are_hard_at_every_temperature() -> None:
 
 
 def test_pope_solves_hard_problems_that_grpo_does_not(tmp_path) -> None:
-    """The toy's claim, shortened: from the shipped base model, GRPO (with at least POPE's sampling budget) and POPE
-    for 8 steps on 16 hard problems, for two seeds of the problems and the sampling. The base model solves no hard
-    problem unguided; GRPO stays there (it never sees a success); POPE, trained on guided copies too, makes a clear
-    share of them solvable unguided: more than GRPO on every seed. (Measured: see the README's toy section.)"""
+    """The toy's claim, as `python pope.py` runs it (32 hard problems, 12 steps), for seeds 0 and 1 (~9 minutes):
+    the base model solves at most 1 of 32 hard problems unguided; GRPO, with at least POPE's sampling budget, stays
+    far below POPE, which makes most of them solvable. (Measured: GRPO 0 and 0, POPE 0.91 and 0.91. A smaller setting
+    is not safe: with 16 problems and 8 steps, GRPO on seed 0 drew a correct answer early and bootstrapped to 1.0.)"""
     import pope
 
-    pope.main(["--out-dir", str(tmp_path), "--seeds", "0,1", "--arms", "grpo,pope", "--n-hard", "16", "--steps", "8",
-               "--eval-every", "8"])
+    pope.main(["--out-dir", str(tmp_path), "--seeds", "0,1", "--arms", "grpo,pope", "--eval-every", "12"])
     summary = json.loads((tmp_path / "summary.json").read_text())
     for seed, runs in summary["seeds"].items():
         solvable = {arm: r["final"]["solvable"] for arm, r in runs.items()}
         print(f"seed {seed}: unguided hard-set solvability {solvable}")
-        assert solvable["base"] <= 1 / 16, solvable
-        assert solvable["pope"] >= solvable["grpo"] + 0.25, solvable
+        assert solvable["base"] <= 1 / 32, solvable
+        assert solvable["pope"] >= solvable["grpo"] + 0.5, solvable
         assert runs["grpo"]["rollouts"] >= runs["pope"]["rollouts"], runs
