@@ -97,7 +97,7 @@ def test_toy_reward() -> None:
 def test_warm_start_examples_continue_after_the_prefix(template: str) -> None:
     tok = toy.make_tokenizer(toy.toy_corpus(n=40), 400, split_digits=True)
     ex = toy.warm_start_examples(tok, 60, (2, 4), guided_frac=1.0, wrap_error=0.0, template=template)
-    for prompt, target in ex:  # no slips: the target is the oracle solution after the prefix (or all of it)
+    for prompt, target in ex:  # no errors: the target is the oracle solution after the prefix (or all of it)
         prefix = tok.decode(prompt).split("Partial Response:\n")[1].split("\n\nContinue")[0].split("\n")
         text = tok.decode(target, skip_special_tokens=True).split("\n")
         solution = text if template == "continue" else prefix + text
