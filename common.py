@@ -51,12 +51,12 @@ def parse_config(cls, argv=None, **defaults):
     for f in dataclasses.fields(cls):
         default = defaults.get(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")
+        text = f.metadata["help"].replace("%", "%%")  # argparse %-formats help text: "30%" must print as written
         if f.type in ("bool", bool):
-            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
+            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"),
-                                help=f.metadata["help"])
+            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"), help=text)
     return cls(**vars(parser.parse_args(argv)))
 
 
