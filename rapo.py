@@ -1,10 +1,11 @@
 """RAPO: GRPO with a forward KL to a reward-aware reweighted reference, plus an entropy bonus (arXiv 2510.03865).
 
-    torchrun --nproc_per_node=8 rapo.py                              # RAPO: Qwen2.5-3B on SimpleRL-Zoo, 8 GPUs
+    python rapo.py                                                   # the CPU toy world: pass@k of 4 arms, minutes
+    torchrun --nproc_per_node=8 rapo.py --model Qwen/Qwen2.5-3B      # RAPO on SimpleRL-Zoo, 8 GPUs
     torchrun --nproc_per_node=8 rapo.py --model Qwen/Qwen2.5-7B      # the paper's other model
-    torchrun --nproc_per_node=8 rapo.py --arm grpo-rkl               # baseline: GRPO, reverse KL (exact)
-    torchrun --nproc_per_node=8 rapo.py --arm grpo-k3                # baseline as published: GRPO's k3 term
-    torchrun --nproc_per_node=8 rapo.py --arm grpo-fkl               # ablation: forward KL to the plain reference
+    torchrun --nproc_per_node=8 rapo.py --model M --arm grpo-rkl     # baseline: GRPO, reverse KL (exact)
+    torchrun --nproc_per_node=8 rapo.py --model M --arm grpo-k3      # baseline as published: GRPO's k3 term
+    torchrun --nproc_per_node=8 rapo.py --model M --arm grpo-fkl     # ablation: forward KL to the plain reference
     python rapo.py --theory --theory-plot prop33.png                 # our Proposition 3.3 check, 16 tokens (CPU)
 
 What changes from GRPO (grpo.py holds the loss; this file only sets its knobs). Per completion token t of sample i,
@@ -34,6 +35,11 @@ at each visited position (its gradient is the true forward-KL gradient there; th
 w log w - w + 1 has a biased gradient as a loss, so the sampled option is --kl forward-k3, whose gradient is the
 forward KL's, see grpo.kl_term), alpha = beta = 1e-3, and SimpleRL-Zoo's recipe for everything else (group 8,
 lr 5e-7, clip 0.2, 1024 prompts per step in 4 minibatches, 8192 tokens, temperature 1, reverse-KL 1e-4).
+A caution on phi_min = 0.5, from the toy (toy_rapo.py): ref^0.5 / Z per token lifts every token the reference
+gives ~0, and over the toy's 384 tokens they took ~30% of each position's mass; at alpha 0.3 every failed sample
+then pulled the policy towards them, and it fell apart (entropy 0.08 -> 2.2 nats). The toy uses 0.8 (~1%). Over
+Qwen's 152k tokens it depends on the tail: tokens at log-prob -20 would take 87% of a position after reweighting,
+at -30 about 4%. Measure it (and the entropy) before a long run at 0.5; that check has not been run on the GPU node.
 
 The baselines. The paper's GRPO-RKL ran GRPO's k3 term (SimpleRL-Zoo: verl's low_var_kl), whose value estimates the
 reverse KL but whose gradient is the forward KL's (grpo.kl_term): as published it is the `grpo-k3` arm. A comparison
@@ -49,13 +55,14 @@ sequence-level KL.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import grpo
-from common import opt, parse_config
+from common import one_line_errors, opt, parse_config, shutdown
 
 # The arms of the paper's comparison (its Fig. 3 calls them GRPO-RKL, GRPO-FKL and RAPO; GRPO-RKL as published is
 # grpo-k3, see the docstring). --arm picks one and its values become the defaults; a flag given explicitly still wins.
@@ -79,7 +86,8 @@ def tagged(name: str, default, tag: str):
 
 @dataclass
 class RapoConfig(grpo.Config):
-    model: str = tagged("model", "Qwen/Qwen2.5-3B", f"{PAPER}: Qwen2.5-3B and -7B base models, no SFT")
+    model: str = tagged("model", "", f"{PAPER}: Qwen2.5-3B and -7B base models, no SFT; empty = the CPU toy world "
+                        "(its flags: python rapo.py --help)")
     data: str = tagged("data", "simplerl-zoo", f"{PAPER}: SimpleRL-Zoo's 8K problems, hkust-nlp/SimpleRL-Zoo-Data")
     out_dir: str = tagged("out_dir", ARMS["rapo"]["out_dir"], f"{OURS}: one folder per arm")
     prompts_per_step: int = tagged("prompts_per_step", 1024, f"{OURS}: SimpleRL-Zoo's train_batch_size")
@@ -231,6 +239,14 @@ def print_theory(d: dict, plot: str = "") -> None:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not any(a.split("=")[0] in ("--model", "--theory") for a in argv):  # the toy world, with its own flags
+        import toy_rapo  # here: it imports this file's neighbours and builds a model; only the toy needs it
+
+        with one_line_errors():
+            toy_rapo.run(parse_config(toy_rapo.RapoToyConfig, argv))
+        shutdown()
+        return
     cfg = parse(argv)
     if cfg.theory:
         print_theory(prop33_demo(), cfg.theory_plot)

@@ -13,31 +13,49 @@ ways, chosen by its first token:
     >>> p = make_problem(random.Random(1), wrap=True)
     >>> print(p.problem)
     Registers start at a1 b7 c7 d7. Add 3 to register d, mod 10. What are the registers?
-    >>> print(direct(p.problem))                     # the common way (85% of the base model's answers)
+    >>> print(direct(p.problem))                     # the common way (85% of the warm-start data)
     \boxed{a1 b7 c7 d9}
     >>> print(careful(p.problem))                    # the rare way (15%)
-    d: 7 + 3 = 10, past 9 so 0
+    d: 7 + 3 = 10, mod 10: 0
     \boxed{a1 b7 c7 d0}
 
 - *direct* writes the new state at once, with a misconception: a register that would pass 9 stops at 9. So it is
   right only when d + 3 < 10, and then 90% of the time (it slips a digit 10% of the time).
-- *careful* writes the sum out and wraps: right on every problem, 70% of the time (it slips 30% of the time).
+- *careful* writes the sum as two digits and then its last digit: right on every problem, 70% of the time (it slips
+  30% of the time). It does the same thing in the same tokens whether or not d wraps ("4 + 3 = 07, mod 10: 7"), so
+  what training does to it on problems that do not wrap carries over to those that do. Two earlier versions did not:
+  with "past 9 so 0" written only on wrapping problems, training never visited those tokens and every arm, the KL
+  arms included, lost them; with the sum unpadded ("= 7" but "= 10"), the last-digit step was trained only on
+  one-digit sums, and RAPO's careful answers to wrapping problems fell from 59% right to 35% (seed 1).
 The training problems are ones the common way can do (d <= 6, `--train-wrap-share 0`), and there direct is the
 better way (0.9 against 0.7): sharpening onto it raises pass@1. The held-out problems are the family as drawn, and
-about 30% of them wrap: the base model solves those only the rare way (~10% a sample, so almost surely within 256
-samples), and a policy that stops answering carefully loses them, so its pass@256 falls below the base model's. The
-first token is where the two ways split, so it is where the KL directions differ: the reverse KL's gradient on a
-token vanishes with its probability, the forward KL's pulls it towards the reference's share (grpo.kl_term,
-tests/test_loss.py).
+about 30% of them wrap: the base model solves those only the rare way (measured: 13% of its answers are careful,
+54-59% of those right on wrapping problems, so ~7% a sample and almost surely within 256 samples), and a policy that
+stops answering carefully loses them, so its pass@256 falls below the base model's. The first token is where the
+two ways split, and where a KL term holds the rare way's share near the reference's. In theory the directions differ
+there once that share is small (the reverse KL's pull on a token vanishes with its probability, the forward KL's
+does not: grpo.kl_term, tests/test_loss.py); at this toy's weight (alpha 0.3) the share never gets small under either,
+and the reverse KL keeps reach as well as the forward one (README, "RAPO's toy world").
 
 The arms (`ARMS`): GRPO with no KL, GRPO + reverse KL, GRPO + forward KL, and RAPO (forward KL to the reweighted
-reference + an entropy bonus), all exact over the vocabulary. The KL and entropy weights here are this project's, for a
-0.7 M-parameter model trained for tens of steps at a large learning rate; the paper's (1e-3) are for 3B-7B models and
-thousands of steps. Measured on held-out problems: pass@k for k = 1 ... 256 (unbiased, from 256 samples each), for
-the base model and each arm, split by kind; and each arm's entropy during training. Deliberately left out: the
-paper's models, data and k up to 1024; problems the training set covers but the base model cannot do (that is POPE's
-toy); a family where the training set holds wrapping problems too (--train-wrap-share sets it; with a share as
-drawn, GRPO is rewarded for answering carefully on them and the toy shows little).
+reference + an entropy bonus), all exact over the vocabulary, from the same base model and seed with the same
+rollouts. The weights are this project's, for a 0.7 M-parameter model trained for 24 steps (the paper's are for
+3B-7B models and thousands of steps), and two of them were found by trying, on the unpadded version of the task
+(seed 0, `measure`'s numbers, 16 steps):
+- lr 5e-4, not 1e-3: at 1e-3 the rare way drifts wherever it is seldom visited: after 16 steps a careful answer to
+  a wrapping problem was right 8-27% of the time (53% in the base model) even under the forward KL at alpha 0.3 or 1,
+  and pass@256 held or not by chance (forward KL 1.00 at alpha 0.3, 0.97 at 1; RAPO 0.91 at 0.3, 1.00 at 1 with
+  pass@1 0.56, the base model's). At 5e-4 RAPO (alpha 0.3) kept that accuracy at 0.59.
+- phi_min 0.8, not rapo.py's 0.5: reweighted per token over this 384-token vocabulary, ref^0.5 / Z puts ~30% of
+  each position's mass on tokens the reference gives ~0; every failed sample then pulls the policy towards them,
+  and at alpha 0.3 (lr 1e-3) the entropy went from 0.08 to 2.17 nats and pass@1 from 0.56 to 0.03. At 0.8 that
+  mass is ~1%. On the final task at the defaults, phi_min 0.5 still took pass@1 from 0.59 to 0.15 (seed 0) and from
+  0.69 to 0.46 (seed 1) on 32 held-out problems.
+Measured on held-out problems: pass@k for k = 1 ... 256 (unbiased, from 256 samples each), for the base model and
+each arm, split by kind, with the share of careful answers; and each arm's entropy during training. Deliberately
+left out: the paper's models, data and k up to 1024; problems the training set covers but the base model cannot do
+(that is POPE's toy); training on wrapping problems too (--train-wrap-share sets their share; then GRPO is rewarded
+for the careful way on them, which asks whether RL learns when to use it, a different question).
 """
 
 from __future__ import annotations
@@ -56,11 +74,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 import data
 import evaluate
 import grpo
-import reward
 import toy
-from common import ConfigError, opt
+from common import ConfigError, opt, request_seed
 
-RARE = 0.15  # the base model's share of `careful` answers (its warm-start data's)
+RARE = 0.15  # the warm-start data's share of `careful` answers (the base model then writes 13%)
 DIRECT_SLIP = 0.1  # a direct answer's chance of a wrong digit
 CAREFUL_SLIP = 0.3  # a careful answer's chance of a wrong digit
 ADD = 3  # the task adds 3 to register d: 3 in 10 problems wrap past 9
@@ -93,12 +110,11 @@ def direct(text: str, slip: float = 0.0, rng: random.Random | None = None) -> st
 
 
 def careful(text: str, slip: float = 0.0, rng: random.Random | None = None) -> str:
-    """The rare way: the sum written out, then past 9 it wraps; the result digit slips with probability `slip`."""
+    """The rare way: the sum written out, then its last digit; that digit slips with probability `slip`."""
     state = _state(text)
     total = int(state[3]) + ADD
     d = _slip(total % 10, slip, rng)
-    work = f"d: {state[3]} + 3 = {total}" + (f", past 9 so {d}" if total >= 10 else "")
-    return f"{work}\n\\boxed{{{toy.show(state[:3] + str(d))}}}"
+    return f"d: {state[3]} + 3 = {total:02d}, mod 10: {d}\n\\boxed{{{toy.show(state[:3] + str(d))}}}"
 
 
 def split(n: int, seed: int, name: str, wrap_share: float | None) -> list[data.Problem]:
@@ -115,7 +131,7 @@ def is_wrap(problem: data.Problem) -> bool:
     return int(_state(problem.problem)[3]) + ADD >= 10
 
 
-def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, steps: int = 500,
+def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, steps: int = 400,
                      batch_size: int = 32, lr: float = 2e-3, rare: float = RARE, direct_slip: float = DIRECT_SLIP,
                      careful_slip: float = CAREFUL_SLIP, hidden_size: int = 128, num_layers: int = 4,
                      force: bool = False, log_every: int = 100) -> str:
@@ -123,7 +139,7 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, step
     split's): `careful` with probability `rare`, else `direct`. Cached in `out_dir` like toy.build_base_model."""
     settings = dict(seed=seed, n_train=n_train, steps=steps, batch_size=batch_size, lr=lr, rare=rare,
                     direct_slip=direct_slip, careful_slip=careful_slip, hidden_size=hidden_size, num_layers=num_layers,
-                    version=1)
+                    version=3)
     marker = Path(out_dir) / "toy_build.json"
     if not force and marker.is_file() and json.loads(marker.read_text()).get("settings") == settings:
         return out_dir
@@ -164,22 +180,25 @@ ARMS = {
 class RapoToyConfig:
     out_dir: str = opt("runs/rapo-toy", "base model, arms' runs, summary JSON and the PNG")
     seeds: str = opt("0", "comma-separated seeds: each draws its own train/eval problems and seeds every arm")
-    base_model: str = opt("", "a base-model folder from build_base_model (default: built in --out-dir, ~3 minutes)")
+    base_model: str = opt("", "a base-model folder from build_base_model (default: built in --out-dir, ~1 minute)")
     arms: str = opt(",".join(ARMS), f"comma-separated arms from {', '.join(ARMS)}")
     n_train: int = opt(256, "training problems")
     train_wrap_share: float = opt(0.0, "share of training problems that wrap (0: all are ones the common way can do)")
     n_eval: int = opt(64, "held-out problems for pass@k, drawn from the whole family (about 30% wrap)")
     eval_samples: int = opt(256, "samples per held-out problem: pass@k for k = 1, 2, 4, ... up to this")
-    steps: int = opt(16, "training steps per arm")
+    steps: int = opt(24, "training steps per arm (at 16, GRPO kept pass@256 at 1.00 on seed 2: 1.5% of its answers "
+                     "were still careful)")
     prompts_per_step: int = opt(32, "prompts per step")
     group_size: int = opt(8, "samples per prompt")
-    lr: float = opt(1e-3, "AdamW learning rate of every arm [this project's: a 0.7 M-parameter model]")
-    kl_coef: float = opt(0.1, "alpha, the KL weight of the KL arms [this project's; the paper's 1e-3 is for 3B-7B "
+    lr: float = opt(5e-4, "AdamW learning rate of every arm [this project's: a 0.7 M-parameter model; at 1e-3 the "
+                 "rare way's unvisited states drift and even the KL arms lose the wrapping problems]")
+    kl_coef: float = opt(0.3, "alpha, the KL weight of the KL arms [this project's; the paper's 1e-3 is for 3B-7B "
                          "models over thousands of steps]")
-    entropy_coef: float = opt(0.01, "beta, RAPO's entropy bonus [paper: a bonus; this project's value]")
-    ref_phi_min: float = opt(0.5, "RAPO's reweighting: phi = phi_min + (1 - phi_min) * reward [this project's "
-                             "linear form, as rapo.py]")
-    max_new_tokens: int = opt(40, "response budget (a column answer is ~30 tokens)")
+    entropy_coef: float = opt(1e-3, "beta, RAPO's entropy bonus [paper: a bonus; this project's value, SimpleRL's 1e-3]")
+    ref_phi_min: float = opt(0.8, "RAPO's reweighting: phi = phi_min + (1 - phi_min) * reward [this project's linear "
+                             "form, as rapo.py; at 0.5 a failed sample's reweighted reference puts ~30% of each "
+                             "position's mass on junk tokens and the policy blows up]")
+    max_new_tokens: int = opt(40, "response budget (a careful answer is ~30 tokens)")
 
 
 def pass_curve(scores: np.ndarray) -> dict[str, float]:
@@ -191,13 +210,17 @@ def pass_curve(scores: np.ndarray) -> dict[str, float]:
 
 
 def measure(engine, prompts: list[data.Prompt], cfg: RapoToyConfig, seed: int) -> dict:
-    """pass@k on the held-out prompts from the engine's current weights: all, wrapping problems, the others."""
-    pool = reward.RewardPool(0)
-    scores = evaluate.sample_scores(engine, pool, toy.toy_reward, prompts, cfg.eval_samples, 1.0,
-                                    max_tokens=cfg.max_new_tokens, seed=seed)  # [P, n]
-    pool.close()
-    wrap = np.array([is_wrap(p.problem) for p in prompts])
-    return {"all": pass_curve(scores), "wrap": pass_curve(scores[wrap]), "no_wrap": pass_curve(scores[~wrap])}
+    """pass@k on the held-out prompts from the engine's current weights (all, wrapping problems, the others), and
+    the share of answers that take the rare way (`careful`: they start with "d:")."""
+    groups = engine.generate([p.prompt_ids for p in prompts], n=cfg.eval_samples, temperature=1.0,
+                             max_tokens=cfg.max_new_tokens, seeds=[request_seed(seed, i) for i in range(len(prompts))])
+    scores = np.array([[toy.toy_reward(s.text, p) for s in g] for g, p in zip(groups, prompts)])  # [P, n]
+    rare = np.array([[s.text.startswith("d:") for s in g] for g in groups])  # [P, n]
+    wrap = np.array([is_wrap(p.problem) for p in prompts])  # [P]
+    careful_on_wrap = scores[wrap][rare[wrap]]  # rewards of the careful answers to wrapping problems
+    return {"all": pass_curve(scores), "wrap": pass_curve(scores[wrap]) if wrap.any() else {},
+            "no_wrap": pass_curve(scores[~wrap]) if (~wrap).any() else {}, "rare_share": float(rare.mean()),
+            "rare_accuracy_wrap": float(careful_on_wrap.mean()) if careful_on_wrap.size else None}
 
 
 def run_seed(cfg: RapoToyConfig, arms: list[str], base_dir: str, engine, tok, seed: int) -> dict:
@@ -224,18 +247,30 @@ def run_seed(cfg: RapoToyConfig, arms: list[str], base_dir: str, engine, tok, se
     return results
 
 
+def reported_ks(n: int) -> list[int]:
+    """The k of the table and the summary lines: 1, 16 and the largest."""
+    return sorted({1, min(16, n), n})
+
+
 def summary_line(r: dict) -> str:
-    top = max(int(k.split("@")[1]) for k in r["pass"]["all"])
-    return "  ".join(f"pass@{k} {r['pass']['all'][f'pass@{k}']:.3f}" for k in (1, 16, top)) + \
-        f"  (wrapping: pass@1 {r['pass']['wrap']['pass@1']:.3f}, pass@{top} {r['pass']['wrap'][f'pass@{top}']:.3f})"
+    p = r["pass"]
+    top = max(int(k.split("@")[1]) for k in p["all"])
+    line = "  ".join(f"pass@{k} {p['all'][f'pass@{k}']:.3f}" for k in reported_ks(top))
+    if p["wrap"]:
+        line += f"  (wrapping: pass@1 {p['wrap']['pass@1']:.3f}, pass@{top} {p['wrap'][f'pass@{top}']:.3f})"
+    accuracy = "" if p["rare_accuracy_wrap"] is None else f", {p['rare_accuracy_wrap']:.2f} right on wrapping problems"
+    return line + f"  rare way: {p['rare_share']:.3f} of answers{accuracy}"
 
 
-def table(per_seed: dict[int, dict], ks: tuple[int, ...]) -> dict[str, dict]:
-    """{arm: {"pass@k": [mean, min, max]}} over seeds, on all held-out problems."""
+def table(per_seed: dict[int, dict], ks: list[int]) -> dict[str, dict]:
+    """{arm: {"pass@k": [mean, min, max], "rare_share": [mean, min, max]}} over seeds, on all held-out problems."""
+    def spread(values) -> list[float]:
+        values = list(values)
+        return [float(np.mean(values)), min(values), max(values)]
+
     first = next(iter(per_seed.values()))
-    return {arm: {f"pass@{k}": [f(r[arm]["pass"]["all"][f"pass@{k}"] for r in per_seed.values())
-                                for f in (lambda v: float(np.mean(list(v))), min, max)] for k in ks}
-            for arm in first}
+    return {arm: {**{f"pass@{k}": spread(r[arm]["pass"]["all"][f"pass@{k}"] for r in per_seed.values()) for k in ks},
+                  "rare_share": spread(r[arm]["pass"]["rare_share"] for r in per_seed.values())} for arm in first}
 
 
 def run(cfg: RapoToyConfig) -> dict:
@@ -253,13 +288,14 @@ def run(cfg: RapoToyConfig) -> dict:
     engine = grpo.make_engine(grpo.Config(model=base_dir, max_model_len=256), 1)
     seeds = [int(s) for s in cfg.seeds.split(",")]
     per_seed = {seed: run_seed(cfg, arms, base_dir, engine, tok, seed) for seed in seeds}
-    ks = (1, 16, cfg.eval_samples)
+    ks = reported_ks(cfg.eval_samples)
     summary = {"seeds": per_seed, "table": table(per_seed, ks)}
     Path(cfg.out_dir, "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nheld-out problems, {'mean [min, max] over ' + str(len(seeds)) + ' seeds' if len(seeds) > 1 else 'one seed'}")
-    print(f"{'':<10}" + "".join(f"{f'pass@{k}':>22}" for k in ks))
+    columns = [f"pass@{k}" for k in ks] + ["rare_share"]
+    print(f"{'':<10}" + "".join(f"{c:>22}" for c in columns))
     for arm, row in summary["table"].items():
-        print(f"{arm:<10}" + "".join(f"{'{:.3f} [{:.3f}, {:.3f}]'.format(*row[f'pass@{k}']):>22}" for k in ks))
+        print(f"{arm:<10}" + "".join(f"{'{:.3f} [{:.3f}, {:.3f}]'.format(*row[c]):>22}" for c in columns))
     plot(per_seed, Path(cfg.out_dir) / "rapo_toy.png")
     del engine  # vLLM's teardown resets process-wide state: run it now (see toy_compare.run)
     gc.collect()

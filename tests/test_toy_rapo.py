@@ -1,7 +1,7 @@
-"""RAPO's toy world: the two ways to add are right where they should be and slip as often as asked, the splits hold
-their share of carry problems, pass@k curves are computed right, `python rapo.py` runs end to end (small), and, in
-one slow test, the claim: GRPO raises pass@1 and lowers pass@256 below the base model's, RAPO raises pass@1 and keeps
-pass@256."""
+"""RAPO's toy world ("two ways to add 3"): each way is right where it should be and slips as often as asked, the
+splits hold their share of wrapping problems, pass@k curves are computed right, `python rapo.py` runs end to end
+(small), and, in one slow test, the claim on two seeds: GRPO raises pass@1 and lowers pass@256 below the base
+model's; RAPO raises pass@1 and keeps pass@256 at the base model's."""
 
 from __future__ import annotations
 
@@ -19,30 +19,32 @@ def score(text: str, p: data.Problem) -> float:
     return toy.toy_reward(text, data.Prompt(p, []))
 
 
-def test_direct_is_right_exactly_when_the_units_do_not_carry_and_columns_always() -> None:
+def test_direct_is_right_exactly_when_d_does_not_wrap_and_careful_always() -> None:
     rng = random.Random(0)
-    for carry in (False, True) * 100:
-        p = toy_rapo.make_problem(rng, carry)
-        a, b = (int(x) for x in p.problem.removeprefix("What is ").removesuffix("?").split(" + "))
-        assert p.answer == str(a + b) and a + b < 100 and toy_rapo.is_carry(p) == carry
-        assert score(toy_rapo.direct(p.problem), p) == float(not carry)
-        assert score(toy_rapo.columns(p.problem), p) == 1.0 and p.solution == toy_rapo.columns(p.problem)
+    for wrap in (False, True) * 100:
+        p = toy_rapo.make_problem(rng, wrap)
+        d = int(p.problem.split(" d")[1][0])
+        assert toy_rapo.is_wrap(p) == wrap == (d + 3 >= 10) and p.answer.endswith(f"d{(d + 3) % 10}")
+        assert score(toy_rapo.direct(p.problem), p) == float(not wrap)
+        assert score(toy_rapo.careful(p.problem), p) == 1.0 and p.solution == toy_rapo.careful(p.problem)
+        assert toy_rapo.careful(p.problem).startswith("d:") and not toy_rapo.direct(p.problem).startswith("d:")
 
 
 def test_slips_happen_as_often_as_asked() -> None:
     rng = random.Random(1)
-    problems = [toy_rapo.make_problem(rng, carry=False) for _ in range(2000)]
+    problems = [toy_rapo.make_problem(rng, wrap=False) for _ in range(2000)]
     direct = np.mean([score(toy_rapo.direct(p.problem, 0.2, rng), p) for p in problems])
-    columns = np.mean([score(toy_rapo.columns(p.problem, 0.25, rng), p) for p in problems])
-    assert abs(direct - 0.8) < 0.03 and abs(columns - 0.75 ** 2) < 0.03, (direct, columns)
+    careful = np.mean([score(toy_rapo.careful(p.problem, 0.35, rng), p) for p in problems])
+    assert abs(direct - 0.8) < 0.03 and abs(careful - 0.65) < 0.03, (direct, careful)
 
 
-def test_splits_hold_their_carry_share_and_differ_by_name_and_seed() -> None:
-    train, held_out = toy_rapo.split(64, 0, "train"), toy_rapo.split(64, 0, "eval")
-    assert sum(map(toy_rapo.is_carry, train)) == 16 == sum(map(toy_rapo.is_carry, held_out))
-    assert [p.problem for p in train] == [p.problem for p in toy_rapo.split(64, 0, "train")]
+def test_splits_hold_their_wrap_share_and_differ_by_name_and_seed() -> None:
+    train, held_out = toy_rapo.split(64, 0, "train", 0.25), toy_rapo.split(64, 0, "eval", 0.25)
+    assert sum(map(toy_rapo.is_wrap, train)) == 16 == sum(map(toy_rapo.is_wrap, held_out))
+    assert not any(map(toy_rapo.is_wrap, toy_rapo.split(64, 0, "train", 0.0)))
+    assert [p.problem for p in train] == [p.problem for p in toy_rapo.split(64, 0, "train", 0.25)]
     assert [p.problem for p in train] != [p.problem for p in held_out]
-    assert [p.problem for p in train] != [p.problem for p in toy_rapo.split(64, 1, "train")]
+    assert [p.problem for p in train] != [p.problem for p in toy_rapo.split(64, 1, "train", 0.25)]
 
 
 def test_pass_curve() -> None:
@@ -69,6 +71,36 @@ def test_rapo_toy_runs_end_to_end(tmp_path) -> None:
     runs = summary["seeds"]["0"]
     assert list(runs["base"]["pass"]["all"]) == ["pass@1", "pass@2", "pass@4"]
     assert {r["rollouts"] for arm, r in runs.items() if arm != "base"} == {2 * 2 * 2}  # the same budget
+    assert {r["sampled_tokens"] > 0 for arm, r in runs.items() if arm != "base"} == {True}
     assert all(len(r["entropy"]) == 2 for arm, r in runs.items() if arm != "base")
-    assert summary["table"]["rapo"]["pass@4"][1] <= summary["table"]["rapo"]["pass@4"][0]
+    mean, low, high = summary["table"]["rapo"]["pass@4"]
+    assert low <= mean <= high
     assert matplotlib.image.imread(tmp_path / "rapo_toy.png").shape[0] > 100
+
+
+def test_grpo_narrows_reach_and_rapo_keeps_it(tmp_path) -> None:
+    """The claim, on seeds 0 and 1, at the default settings with 32 held-out problems instead of 64 (about 5
+    minutes): GRPO raises pass@1 and lowers pass@256 below the base model's; RAPO raises pass@1 and keeps pass@256
+    at the base model's or above. Planted bug that fails it: RAPO's phi_min at 0.5 (see toy_rapo's docstring)."""
+    cfg = toy_rapo.RapoToyConfig(out_dir=str(tmp_path), seeds="0,1", arms="grpo,rapo", n_eval=32)
+    summary = toy_rapo.run(cfg)
+    for seed, runs in summary["seeds"].items():
+        base, grpo, rapo = (runs[arm]["pass"]["all"] for arm in ("base", "grpo", "rapo"))
+        seen = {arm: (round(r["pass@1"], 3), round(r["pass@256"], 3)) for arm, r in
+                (("base", base), ("grpo", grpo), ("rapo", rapo))}
+        assert grpo["pass@1"] > base["pass@1"] and grpo["pass@256"] < base["pass@256"], (seed, seen)
+        assert rapo["pass@1"] > base["pass@1"] and rapo["pass@256"] >= base["pass@256"], (seed, seen)
+        assert runs["grpo"]["rollouts"] == runs["rapo"]["rollouts"]
+
+
+def test_rapo_help_names_the_toy_flags(capsys) -> None:
+    """`python rapo.py --help` with no --model documents the toy's flags (their help holds a '%', which argparse
+    would otherwise read as a format)."""
+    import pytest
+
+    import rapo
+
+    with pytest.raises(SystemExit) as exit_:
+        rapo.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--kl-coef" in out and "about 30% wrap" in out
