@@ -1,6 +1,6 @@
 """RAPO: GRPO with a forward KL to a reward-aware reweighted reference, plus an entropy bonus (arXiv 2510.03865).
 
-    python rapo.py                                                   # the CPU toy world: pass@k of 4 arms, minutes
+    python rapo.py                                                   # the CPU toy world: 4 arms, pass@k, ~7 minutes
     torchrun --nproc_per_node=8 rapo.py --model Qwen/Qwen2.5-3B      # RAPO on SimpleRL-Zoo, 8 GPUs
     torchrun --nproc_per_node=8 rapo.py --model Qwen/Qwen2.5-7B      # the paper's other model
     torchrun --nproc_per_node=8 rapo.py --model M --arm grpo-rkl     # baseline: GRPO, reverse KL (exact)
