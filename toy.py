@@ -106,9 +106,9 @@ DEFAULT_CORPUS = [
 ] * 10
 
 
-def _qwen3_config(tok: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, max_positions: int,
-                  intermediate_size: int | None = None, num_heads: int = 4, num_kv_heads: int = 2,
-                  tied: bool = False) -> Qwen3Config:
+def qwen3_config(tok: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, max_positions: int,
+                 intermediate_size: int | None = None, num_heads: int = 4, num_kv_heads: int = 2,
+                 tied: bool = False) -> Qwen3Config:
     return Qwen3Config(vocab_size=len(tok), hidden_size=hidden_size,
                        intermediate_size=intermediate_size or 2 * hidden_size,
                        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
@@ -122,7 +122,7 @@ def make_tiny_model(out_dir: str, seed: int = 0, corpus: list[str] | None = None
     """Build a random tiny Qwen3 + tokenizer and save both to `out_dir`; returns `out_dir`. `tied=True` ties the
     input and output embeddings, as Qwen3-4B-Instruct-2507 does."""
     tok = make_tokenizer(corpus or DEFAULT_CORPUS, vocab_size)
-    cfg = _qwen3_config(tok, hidden_size, num_layers, max_positions, tied=tied)
+    cfg = qwen3_config(tok, hidden_size, num_layers, max_positions, tied=tied)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -392,7 +392,7 @@ def build_base_model(out_dir: str = SHIPPED_MODEL, seed: int = 0, *, n_train: in
     t0 = time.time()
     tok = make_tokenizer(toy_corpus(seed=seed), vocab_size, split_digits=True)
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(_qwen3_config(tok, hidden_size, num_layers, max_positions))
+    model = Qwen3ForCausalLM(qwen3_config(tok, hidden_size, num_layers, max_positions))
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     examples = warm_start_examples(tok, n_train, train_steps, seed=seed, wrap_error=wrap_error, guided_frac=guided_frac,

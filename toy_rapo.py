@@ -149,7 +149,7 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, step
         t for p in problems[:300] for t in (p.problem, careful(p.problem), direct(p.problem))]
     tok = toy.make_tokenizer(corpus, 384, split_digits=True)
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(toy._qwen3_config(tok, hidden_size, num_layers, 256))
+    model = Qwen3ForCausalLM(toy.qwen3_config(tok, hidden_size, num_layers, 256))
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     examples = [(data.make_prompt(tok, p).prompt_ids, tok.encode(
