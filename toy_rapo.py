@@ -194,7 +194,8 @@ class RapoToyConfig:
                  "rare way's unvisited states drift and even the KL arms lose the wrapping problems]")
     kl_coef: float = opt(0.3, "alpha, the KL weight of the KL arms [this project's; the paper's 1e-3 is for 3B-7B "
                          "models over thousands of steps]")
-    entropy_coef: float = opt(1e-3, "beta, RAPO's entropy bonus [paper: a bonus; this project's value, SimpleRL's 1e-3]")
+    entropy_coef: float = opt(1e-3, "beta, RAPO's entropy bonus [paper: a bonus; this project's value, SimpleRL's "
+                              "1e-3]")
     ref_phi_min: float = opt(0.8, "RAPO's reweighting: phi = phi_min + (1 - phi_min) * reward [this project's linear "
                              "form, as rapo.py; at 0.5 a failed sample's reweighted reference puts ~30% of each "
                              "position's mass on junk tokens and the policy blows up]")
@@ -291,7 +292,8 @@ def run(cfg: RapoToyConfig) -> dict:
     ks = reported_ks(cfg.eval_samples)
     summary = {"seeds": per_seed, "table": table(per_seed, ks)}
     Path(cfg.out_dir, "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\nheld-out problems, {'mean [min, max] over ' + str(len(seeds)) + ' seeds' if len(seeds) > 1 else 'one seed'}")
+    over = f"mean [min, max] over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
+    print(f"\nheld-out problems, {over}")
     columns = [f"pass@{k}" for k in ks] + ["rare_share"]
     print(f"{'':<10}" + "".join(f"{c:>22}" for c in columns))
     for arm, row in summary["table"].items():
