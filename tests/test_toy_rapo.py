@@ -79,7 +79,7 @@ def test_rapo_toy_runs_end_to_end(tmp_path) -> None:
 
 
 def test_grpo_narrows_reach_and_rapo_keeps_it(tmp_path) -> None:
-    """The claim, on seeds 0 and 1, at the default settings with 32 held-out problems instead of 64 (about 5
+    """The claim, on seeds 0 and 1, at the default settings with 32 held-out problems instead of 64 (about 6
     minutes): GRPO raises pass@1 and lowers pass@256 below the base model's; RAPO raises pass@1 and keeps pass@256
     at the base model's or above. Planted bug that fails it: RAPO's phi_min at 0.5 (see toy_rapo's docstring)."""
     cfg = toy_rapo.RapoToyConfig(out_dir=str(tmp_path), seeds="0,1", arms="grpo,rapo", n_eval=32)
