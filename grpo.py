@@ -115,8 +115,11 @@ class Config:
     kl_cov_coef: float = opt(1.0, "KL-Cov's penalty weight (verl's default: 1); acts only with --minibatches > 1")
     # optimisation
     lr: float = opt(1e-6, "AdamW learning rate (POPE config: 1e-6)")
-    lr_schedule: str = opt("constant", "learning rate over the run: constant, or cosine from --lr at step 0 to 0 after "
-                           "--steps, no warmup (POPE authors' config)", choices=["constant", "cosine"])
+    lr_schedule: str = opt("constant", "learning rate over the run: constant, or cosine: lr (1 + cos(pi step / H)) / "
+                           "2 with H = --lr-decay-steps, no warmup", choices=["constant", "cosine"])
+    lr_decay_steps: int = opt(0, "the cosine's horizon H: the step at which it reaches 0 (0 = --steps: to 0 over "
+                              "the run; the POPE authors' 100000, their max_train_steps, is ~constant over a short "
+                              "run)")
     weight_decay: float = opt(0.0, "AdamW weight decay (POPE config: 0.01)")
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (POPE config: 0.3)")
     minibatches: int = opt(1, "optimizer steps per rollout batch; > 1 makes the PPO ratio and clip active")
@@ -538,10 +541,12 @@ def prompts_for_step(prompts: list, step: int, per_step: int, seed: int) -> list
 
 
 def learning_rate(cfg: Config, step: int) -> float:
-    """--lr, or with --lr-schedule cosine: lr (1 + cos(pi step / steps)) / 2, from lr at step 0 towards 0."""
+    """--lr, or with --lr-schedule cosine: lr (1 + cos(pi min(step, H) / H)) / 2, H = --lr-decay-steps or --steps:
+    lr at step 0, lr / 2 at H / 2, 0 from H on."""
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    return cfg.lr * (1 + math.cos(math.pi * step / cfg.steps)) / 2
+    horizon = cfg.lr_decay_steps or cfg.steps
+    return cfg.lr * (1 + math.cos(math.pi * min(step, horizon) / horizon)) / 2
 
 
 # ----------------------------------------------------------------------------------------------------------------

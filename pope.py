@@ -19,7 +19,8 @@ GRPO is all here, in the functions before `run`, which then calls `grpo.train`:
                       --eval-every steps the unguided hard set's solvability (>= 1 correct in --eval-k samples)
 
 Defaults follow the POPE authors' PipelineRL config (spec/algorithms.md §2.8; read from their code, not confirmed as
-the paper's final runs): group 8, 32 prompts per step, lr 1e-6 decayed by a cosine with no warmup, AdamW weight
+the paper's final runs): group 8, 32 prompts per step, lr 1e-6 under a cosine with no warmup over their
+max_train_steps of 100,000 (so effectively constant over any run of this size), AdamW weight
 decay 0.01, grad-norm clip 0.3, temperature 0.8, advantages r - mean (no std), no KL, entropy 1e-4, loss summed over
 tokens / sequences per step, 16k-token responses, and their eval sampler (T 0.8, top-p 0.95, top-k 50) for the
 solvability eval, as in evaluate.py. Two are this project's: clip 0.2/0.2 (the authors' loose [-3, 5] clip suits
@@ -68,8 +69,10 @@ class PopeConfig(grpo.Config):
     max_new_tokens: int = opt(16384, "response budget (POPE: 16k)")
     max_model_len: int = opt(20000, "vLLM context (POPE trainer seq_length: 20k)")
     lr: float = opt(1e-6, "AdamW learning rate (POPE: 1e-6)")
-    lr_schedule: str = opt("cosine", "constant, or cosine from --lr to 0 over --steps (POPE: cosine, no warmup)",
-                           choices=["constant", "cosine"])
+    lr_schedule: str = opt("cosine", "constant, or a cosine from --lr over --lr-decay-steps (POPE: cosine, no "
+                           "warmup)", choices=["constant", "cosine"])
+    lr_decay_steps: int = opt(100_000, "the cosine's horizon (POPE: their max_train_steps, 100000: after 1000 steps "
+                              "the rate is still 0.9998 x --lr, effectively constant; 0 = to 0 over --steps)")
     weight_decay: float = opt(0.01, "AdamW weight decay (POPE: 0.01)")
     max_grad_norm: float = opt(0.3, "gradient-norm clip (POPE: 0.3)")
     adv_std_norm: bool = opt(False, "divide advantages by the group std (POPE: off, r - mean only)")
