@@ -36,6 +36,11 @@ class DataError(ValueError):
     """A data file or row that cannot be used; the message names the file, the line and the field."""
 
 
+class HealthError(RuntimeError):
+    """A run that must not go on (e.g. the engine does not serve the trainer's weights); the message names the likely
+    cause and the flag to change."""
+
+
 def opt(default, help: str, **kw):
     """A config field with its --help text (and optional argparse `choices`)."""
     return field(default=default, metadata=dict(help=help, **kw))
@@ -115,11 +120,11 @@ def request_seed(*parts: int) -> int:
 
 @contextmanager
 def one_line_errors(timeout_minutes: float | None = None):
-    """End the process with one line, `error: ...`, on a bad setting or data file, or on a collective that timed
-    out (the line names --dist-timeout-minutes); anything else keeps its traceback."""
+    """End the process with one line, `error: ...`, on a bad setting or data file, a failed health check, or a
+    collective that timed out (the line names --dist-timeout-minutes); anything else keeps its traceback."""
     try:
         yield
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, HealthError) as e:
         sys.exit(f"error: {e}")
     except RuntimeError as e:  # torch.distributed.DistBackendError among them
         if timeout_minutes is None or "timed out" not in str(e).lower():

@@ -61,8 +61,8 @@ from transformers.utils import logging as transformers_logging
 import data
 import evaluate
 import reward
-from common import (ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors, opt, parse_config,
-                    reduce_sums, request_seed, shutdown)
+from common import (ConfigError, HealthError, check_model_path, compute_dtype, init_distributed, one_line_errors, opt,
+                    parse_config, reduce_sums, request_seed, shutdown)
 from rollout import Engine
 
 
@@ -92,7 +92,9 @@ class Config:
     eps_high: float = opt(0.2, "upper clip: ratio <= 1 + eps_high for positive advantages (GRPO 0.2, DAPO 0.28 "
                           "clip-higher); acts only with --minibatches > 1, e.g. --eps-high 0.28 --minibatches 4")
     loss_agg: str = opt("token-mean", "how token losses are averaged: token-mean (DAPO) | seq-mean-token-mean "
-                        "(GRPO) | seq-mean-token-sum-norm (Dr.GRPO, / (sequences x max_new_tokens)) | sum "
+                        "(GRPO) | seq-mean-token-sum-norm (Dr.GRPO, / (sequences x max_new_tokens); verl's mode "
+                        "of that name divides by max length only, no 1 / sequences, so its scale depends on the "
+                        "batch per GPU) | sum "
                         "(/ sequences per step; POPE authors' PipelineRL config)",
                         choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "sum"])
     kl: str = opt("reverse-k2", "KL term, named for what its GRADIENT optimises (expected over sampled tokens): "
@@ -101,18 +103,30 @@ class Config:
                   "the reverse KL, its gradient is the forward KL's. *-exact sum over the vocabulary at each position",
                   choices=KL_CHOICES)
     kl_coef: float = opt(0.0, "weight of the KL term; 0 loads no reference model (DeepSeekMath 0.04, POPE 0)")
-    kl_log_ratio_clamp: float = opt(5.0, "the sampled KL terms clamp log(ref/pi) to +-this, so one token's weight "
-                                    "ref/pi is at most e^5 = 148 (PipelineRL's bound; verl clamps k3 at 10); "
-                                    "where it binds the token's KL gradient is 0, logged as kl_clamp_frac")
-    ref_phi_min: float = opt(1.0, "RAPO reward-aware reference: log ref_hat = log_softmax(phi * log ref), "
-                             "phi = phi_min + (1 - phi_min) * reward; 1.0 = the plain reference")
+    kl_log_ratio_clamp: float = opt(5.0, "bound B on log u = log(ref/pi) in the sampled KL terms: past it a token's "
+                                    "pull saturates (k2's coefficient at B, k3's at e^B - 1 = 147) instead of "
+                                    "growing without bound, never drops to 0; the fraction of tokens past it is "
+                                    "kl_clamp_frac (PipelineRL's bound 5; verl clamps k3's value at 10, which zeroes "
+                                    "its gradient once ref/pi > 13.6)")
+    ref_phi_min: float = opt(1.0, "RAPO reward-aware reference, `reweighted_reference`: ref^phi inside the "
+                             "reference's nucleus, phi = phi_min + (1 - phi_min) * reward; 1.0 = the plain reference")
+    ref_nucleus: float = opt(0.1, "RAPO: only tokens with ref >= this x max ref are reweighted, the rest keep the "
+                             "reference's mass (0 = the whole vocabulary, ref^phi / Z: at 151,936 tokens ~90% of the "
+                             "mass goes to junk at phi 0.5; 0.1 keeps tail and entropy within bounds for every phi, "
+                             "bench/bench_reweighting.py) [this project's]")
+    ref_hat_max_tail: float = opt(0.01, "stop the run when the reweighted reference's mean mass on tokens the "
+                                  "reference gives < 1e-4 exceeds this (logged as ref_hat_tail) [this project's]")
+    ref_hat_max_entropy_gain: float = opt(0.5, "stop the run when the reweighted reference's mean entropy exceeds "
+                                          "the reference's by more than this many nats (ref_hat_entropy_gain) "
+                                          "[this project's]")
     ref_phi_source: str = opt("sample", "reward that sets phi: the sample's own, or its group's mean (RAPO; "
                               "not published, this project's options)", choices=["sample", "group-mean"])
     entropy_coef: float = opt(0.0, "entropy bonus weight, exact over the vocabulary (POPE 1e-4, SimpleRL 1e-3)")
     kl_cov_ratio: float = opt(0.0, "KL-Cov entropy-collapse control: this fraction of each micro-batch's tokens, "
                               "those of largest Cov_t = (logp_t - mean logp)(A_t - mean A), gets the penalty "
                               "kl_cov_coef * |logp_t - old_logp_t| (verl's default 2e-4, its recipes 1e-3; 0 = off)")
-    kl_cov_coef: float = opt(1.0, "KL-Cov's penalty weight (verl's default: 1); acts only with --minibatches > 1")
+    kl_cov_coef: float = opt(1.0, "KL-Cov's penalty weight (verl's KL-Cov recipes: 1; its PolicyLossConfig default "
+                             "ppo_kl_coef is 0.1); acts only with --minibatches > 1")
     # optimisation
     lr: float = opt(1e-6, "AdamW learning rate (POPE config: 1e-6)")
     lr_schedule: str = opt("constant", "learning rate over the run: constant, or cosine: lr (1 + cos(pi step / H)) / "
@@ -141,6 +155,10 @@ class Config:
     vllm_log_level: str = opt("WARNING", "vLLM's own logging: WARNING keeps a step's output to the bar, the sample "
                               "rollouts and the metrics; INFO restores vLLM's start-up and progress lines",
                               choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    max_logprob_gap: float = opt(0.0, "stop the run when the mean |vLLM - trainer| logprob of the sampled tokens "
+                                 "exceeds this (the weight sync is broken); 0 = by --dtype: float32 1e-3 (CPU "
+                                 "measures ~1e-6), bfloat16 0.1 (an estimate, not yet measured on a GPU) "
+                                 "[this project's]")
     reward_workers: int = opt(0, "processes for reward scoring (0 = in this process)")
     reward_timeout: float = opt(10.0, "seconds before a reward call is abandoned and scored 0")
     log_samples: int = opt(2, "rollouts printed per step")
@@ -179,9 +197,35 @@ def group_advantages(rewards: torch.Tensor, std_norm: bool, eps: float) -> torch
 # Per-token log-probabilities, entropy and forward KL, in chunks of positions
 
 
+def reweighted_reference(ref_logp: torch.Tensor, phi: torch.Tensor, nucleus: float) -> torch.Tensor:
+    """RAPO's reward-aware reference at each position, log ref_hat [n, V], from log ref [n, V] and phi [n] in (0, 1].
+
+    Inside the reference's own nucleus, the tokens v with ref(v) >= nucleus * max ref, ref_hat is ref^phi tempered
+    and renormalised to the nucleus's own mass; outside it ref_hat = ref:
+
+        ref_hat(v) = ref(N) ref(v)^phi / sum_{w in N} ref(w)^phi   for v in N,      ref(v) otherwise.
+
+    phi = 1 is the plain reference; phi -> 0 spreads the nucleus's mass evenly over its tokens. The tail keeps
+    exactly the reference's share whatever phi is. Over the whole vocabulary (nucleus = 0) ref^phi / Z lifts every
+    token the reference rules out: at Qwen's 151,936 tokens with tail log-probs near -20, ref^0.5 / Z puts ~90% of
+    a position's mass on them (bench/bench_reweighting.py), and a failed sample then pulls the policy towards junk.
+
+    >>> ref = torch.tensor([[0.6, 0.3, 0.05, 0.05]]).log()                 # N = {0.6, 0.3}: 0.05 < 0.1 * 0.6
+    >>> reweighted_reference(ref, torch.tensor([1e-9]), nucleus=0.1).exp()  # phi -> 0: N's 0.9 spread evenly
+    tensor([[0.4500, 0.4500, 0.0500, 0.0500]])
+    """
+    inside = ref_logp >= ref_logp.max(-1, keepdim=True).values + math.log(nucleus) if nucleus > 0 else \
+        torch.ones_like(ref_logp, dtype=torch.bool)  # [n, V] the nucleus N
+    masked = ref_logp.masked_fill(~inside, -math.inf)  # [n, V] log ref on N only
+    tempered = (phi[:, None].to(ref_logp.dtype) * ref_logp).masked_fill(~inside, -math.inf)  # [n, V] phi log ref on N
+    log_hat = tempered - tempered.logsumexp(-1, keepdim=True) + masked.logsumexp(-1, keepdim=True)  # [n, V] on N
+    return torch.where(inside, log_hat, ref_logp)  # [n, V]
+
+
+
 def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, temperature: float,
                 chunk_size: int, ref_hidden: torch.Tensor | None = None, ref_head: torch.Tensor | None = None,
-                ref_phi: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                ref_phi: torch.Tensor | None = None, ref_nucleus: float = 0.0) -> dict[str, torch.Tensor]:
     """Per-token statistics of the policy (and the reference) at N completion positions.
 
     hidden [N, H] are the final hidden states that predict `targets` [N]; head [V, H] is the output embedding.
@@ -192,10 +236,11 @@ def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
     sampled token under the reference) and the exact KLs at each position, over the whole vocabulary:
         kl_forward [N] = sum_v ref(v) (log ref(v) - log pi(v))       KL(ref || pi)
         kl_reverse [N] = sum_v pi(v) (log pi(v) - log ref(v))        KL(pi || ref)
-    The reference enters through its logits as log ref = log_softmax(phi * log_softmax(ref_logits / T)), phi [N]:
-    RAPO's reward-aware reweighting, ref^phi / Z per position (phi = 1 is the plain reference, phi -> 0 uniform).
-    The paper reweights the sequence-level reference, pi_ref(y|x)^phi(r) / Z(x); per token is this project's
-    stand-in (its Z is exact at each position; the sequence-level Z is a sum over all responses).
+    With `ref_phi` [N] the reference is RAPO's reward-aware one, `reweighted_reference(log ref, phi, ref_nucleus)`,
+    and two more [N] say what the reweighting did: `ref_hat_tail`, its mass on tokens the reference gives
+    < REF_TAIL_BELOW, and `ref_hat_entropy_gain`, H(ref_hat) - H(ref) in nats. The paper reweights the
+    sequence-level reference, pi_ref(y|x)^phi(r) / Z(x); per token is this project's stand-in (its Z is exact at
+    each position; the sequence-level Z is a sum over all responses).
     Logits are float32 (float64 stays float64, for the exact gradient tests).
 
     >>> h, W = torch.randn(5, 8), torch.randn(11, 8)
@@ -203,20 +248,22 @@ def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
     >>> torch.allclose(s["logp"], torch.log_softmax(h @ W.T, -1)[torch.arange(5), [0, 3, 3, 10, 1]])
     True
     """
-    with_ref = ref_hidden is not None
-    if with_ref and ref_phi is None:
-        ref_phi = torch.ones(len(targets), device=targets.device)
-    chunk_fn = partial(_chunk_stats, head=head, ref_head=ref_head, temperature=temperature)
+    with_ref, reweighted = ref_hidden is not None, ref_phi is not None
+    chunk_fn = partial(_chunk_stats, head=head, ref_head=ref_head, temperature=temperature, nucleus=ref_nucleus)
     outs = []
     for s in range(0, len(targets), chunk_size):
         args = (hidden[s:s + chunk_size], targets[s:s + chunk_size]) + (
-            (ref_hidden[s:s + chunk_size], ref_phi[s:s + chunk_size]) if with_ref else ())
+            (ref_hidden[s:s + chunk_size], ref_phi[s:s + chunk_size] if reweighted else None) if with_ref else ())
         if torch.is_grad_enabled() and len(targets) > chunk_size:
             outs.append(checkpoint(chunk_fn, *args, use_reentrant=False))
         else:
             outs.append(chunk_fn(*args))
-    names = ["logp", "entropy"] + (["ref_logp", "kl_forward", "kl_reverse"] if with_ref else [])
+    names = ["logp", "entropy"] + (["ref_logp", "kl_forward", "kl_reverse"] if with_ref else []) + (
+        ["ref_hat_tail", "ref_hat_entropy_gain"] if reweighted else [])
     return {name: torch.cat([o[j] for o in outs]) if outs else hidden.new_zeros(0) for j, name in enumerate(names)}
+
+
+REF_TAIL_BELOW = 1e-4  # `ref_hat_tail` counts the tokens the plain reference gives less than this
 
 
 def _logits(h, head, temperature):
@@ -224,18 +271,24 @@ def _logits(h, head, temperature):
     return logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 stays
 
 
-def _chunk_stats(h, y, ref_h=None, phi=None, *, head, ref_head, temperature):
+def _chunk_stats(h, y, ref_h=None, phi=None, *, head, ref_head, temperature, nucleus):
     logp_all = torch.log_softmax(_logits(h, head, temperature), dim=-1)  # [n, V]
     logp = logp_all.gather(-1, y[:, None])[:, 0]  # [n]
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n]
     if ref_h is None:
         return logp, entropy
     ref_all = torch.log_softmax(_logits(ref_h, ref_head, temperature), dim=-1)  # [n, V]
-    ref_all = torch.log_softmax(phi[:, None].to(ref_all.dtype) * ref_all, dim=-1)  # [n, V] reweighted (phi=1: same)
+    reweighting = ()
+    if phi is not None:  # RAPO: ref_hat in place of ref, and what the reweighting did to it
+        plain, ref_all = ref_all, reweighted_reference(ref_all, phi, nucleus)  # [n, V] each
+        hat = ref_all.exp()  # [n, V]
+        tail = (hat * (plain < math.log(REF_TAIL_BELOW))).sum(-1)  # [n]
+        gain = torch.special.entr(hat).sum(-1) - torch.special.entr(plain.exp()).sum(-1)  # [n] H(ref_hat) - H(ref)
+        reweighting = (tail, gain)
     ref_logp = ref_all.gather(-1, y[:, None])[:, 0]  # [n]
     kl_forward = (ref_all.exp() * (ref_all - logp_all)).sum(-1)  # [n] KL(ref || pi) at this position
     kl_reverse = (logp_all.exp() * (logp_all - ref_all)).sum(-1)  # [n] KL(pi || ref) at this position
-    return logp, entropy, ref_logp, kl_forward, kl_reverse
+    return (logp, entropy, ref_logp, kl_forward, kl_reverse) + reweighting
 
 
 class Scorer(torch.nn.Module):
@@ -243,7 +296,8 @@ class Scorer(torch.nn.Module):
 
     Wrapping the HF model in one module makes the whole computation a single forward of the FSDP2 root, so the
     output embedding is gathered (unsharded) while the chunks use it. `lm` keeps the HF parameter names. The KL's
-    reference is opt-in: `ref` = (hidden [N, H], head [V, H], phi [N]) from a `Reference` and its output embedding.
+    reference is opt-in: `ref` = (hidden [N, H], head [V, H], phi [N] or None, nucleus) from a `Reference`, its
+    output embedding, and RAPO's reweighting (None: the plain reference; see `token_stats`).
     """
 
     def __init__(self, lm):
@@ -290,7 +344,7 @@ def token_weights(seq_lens: torch.Tensor, mode: str, n_seqs: int, n_tokens: int,
         sum                       (1 / n)                   sum_i sum_t L_it       POPE authors (PipelineRL)
 
     >>> token_weights(torch.tensor([1, 3]), "seq-mean-token-mean", n_seqs=2, n_tokens=4, max_len=8)
-    tensor([0.5000, 0.1667, 0.1667, 0.1667])
+    tensor([0.5000, 0.1667, 0.1667, 0.1667], dtype=torch.float64)
     """
     per_seq = {
         "token-mean": torch.full(seq_lens.shape, 1.0 / n_tokens),
@@ -298,15 +352,14 @@ def token_weights(seq_lens: torch.Tensor, mode: str, n_seqs: int, n_tokens: int,
         "seq-mean-token-sum-norm": torch.full(seq_lens.shape, 1.0 / (n_seqs * max_len)),
         "sum": torch.full(seq_lens.shape, 1.0 / n_seqs),
     }[mode]
-    return per_seq.float().repeat_interleave(seq_lens)  # [N]
+    return per_seq.double().repeat_interleave(seq_lens)  # [N] float64: the caller casts to the loss's dtype
 
 
 def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
             kl_forward: torch.Tensor | None = None, kl_reverse: torch.Tensor | None = None):
-    """Per-token KL penalty: (loss_t, value_t), each [N]. loss_t goes into the loss; its expected gradient over
-    tokens sampled from pi is the gradient of the KL in the name. value_t is an unbiased estimate of that KL's value,
-    for the logs. With log u = log ref(y_t) - log pi(y_t) at the sampled token (u = ref / pi, clamped to e^+-clamp in
-    loss_t only; where the clamp binds the token's loss_t has no gradient):
+    """Per-token KL penalty: (loss_t, value_t), each [N]. loss_t goes into the loss; at each visited state, its
+    expected gradient over tokens sampled from pi there is the gradient of the KL in the name. value_t is an unbiased
+    estimate of that KL's value, for the logs. With log u = log ref(y_t) - log pi(y_t) at the sampled token:
 
         kind            loss_t                           E[grad loss_t]      value_t
         reverse-k2      (log u)^2 / 2                    grad KL(pi || ref)  u - 1 - log u  (k3)
@@ -314,12 +367,18 @@ def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
         forward-k3      u - 1 - log u  (GRPO's k3)       grad KL(ref || pi)  u log u - u + 1
         forward-exact   sum_v ref log(ref / pi)          grad KL(ref || pi)  the same
 
-    Why: grad k2 = (log pi - log ref) grad log pi, whose mean under pi is grad KL(pi || ref); grad k3 = (1 - u)
-    grad log pi, whose mean is -sum_v ref(v) grad log pi(v) = grad KL(ref || pi). So GRPO's k3 (DeepSeekMath, verl
-    `low_var_kl`) has the value of the reverse KL and the gradient of the forward one (shared spec/algorithms.md §1.5;
+    Why: grad k2 = -(log u) grad log pi, whose mean under pi is grad KL(pi || ref); grad k3 = (1 - u) grad log pi,
+    whose mean is -sum_v ref(v) grad log pi(v) = grad KL(ref || pi). So GRPO's k3 (DeepSeekMath, verl `low_var_kl`)
+    has the value of the reverse KL and the gradient of the forward one (shared spec/algorithms.md §1.5;
     https://xihuai18.github.io/reinforcement-learning/2025/12/01/kl-estimators-en.html). k1 = -log u is left out:
     its expected gradient is exactly 0. RAPO's sampled w log w - w + 1 is a value estimate only: differentiated, it
     gives -w log w grad log pi, which is biased.
+
+    The bound (`clamp`): one token's coefficient on grad log pi, -log u (k2) or 1 - u (k3), is unbounded as pi(y_t)
+    -> 0. The sampled terms therefore use log u clamped to +-clamp in VALUE with the gradient passed straight through,
+    so past the bound a token's coefficient saturates at -+clamp (k2) or 1 - e^+-clamp (k3) instead of dropping to 0:
+    the anchor keeps pulling, at most e^clamp per token, and exactly as named wherever |log u| <= clamp. (A plain
+    clamp would give exactly the collapsing tokens, those RAPO is about, no pull at all.) value_t is never clamped.
     (All of this holds for on-policy samples: with --minibatches > 1 the later minibatches sample from pi_old.)
 
     >>> loss_t, value_t = kl_term(torch.tensor([-1.0]), torch.tensor([-1.0]), "reverse-k2", clamp=5.0)
@@ -331,13 +390,13 @@ def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
     if kind == "forward-exact":
         return kl_forward, kl_forward
     log_u = ref_logp - logp  # [N]
-    clamped = log_u.clamp(-clamp, clamp)  # [N] bounded ratio: no token weighs more than e^clamp
+    bounded = log_u + (log_u.clamp(-clamp, clamp) - log_u).detach()  # [N] value clamped, d/d log_u = 1 everywhere
     if kind == "reverse-k2":
         k3 = torch.expm1(log_u) - log_u  # [N] not exp - 1: in float32 that rounds below 0 near log_u = 0
-        return 0.5 * clamped**2, k3.detach()
+        return 0.5 * bounded**2, k3.detach()
     if kind == "forward-k3":
         u = log_u.exp()  # [N]
-        return torch.expm1(clamped) - clamped, (u * log_u - u + 1).detach()
+        return torch.expm1(bounded) - bounded, (u * log_u - u + 1).detach()
     raise ValueError(f"unknown KL term {kind!r}; choose one of {KL_CHOICES}")
 
 
@@ -489,6 +548,8 @@ def check_config(cfg: Config, world: int) -> None:
         raise ConfigError("--sleep-level frees GPU memory for training; vLLM's CPU build has no sleep mode (use 0)")
     if not 0 < cfg.ref_phi_min <= 1:
         raise ConfigError(f"--ref-phi-min {cfg.ref_phi_min}: must be in (0, 1] (1 = the plain reference)")
+    if not 0 <= cfg.ref_nucleus <= 1:
+        raise ConfigError(f"--ref-nucleus {cfg.ref_nucleus}: a fraction of the reference's top probability, in [0, 1]")
     if cfg.ref_phi_min < 1 and cfg.kl_coef == 0:
         raise ConfigError("--ref-phi-min < 1 reweights the KL's reference, but --kl-coef 0 turns the KL off")
     if not 0 <= cfg.kl_cov_ratio < 1:
@@ -629,7 +690,8 @@ def score(policy, ref, ro: Rollouts, cfg: Config, autocast) -> dict[str, torch.T
         ref_inputs = None
         if ref is not None:
             with torch.no_grad():
-                ref_inputs = (ref(ro.ids, ro.attention_mask, ro.loss_mask), ref.head, ro.per_token(ro.phi))
+                phi = ro.per_token(ro.phi) if cfg.ref_phi_min < 1 else None  # [N] None: the plain reference
+                ref_inputs = (ref(ro.ids, ro.attention_mask, ro.loss_mask), ref.head, phi, cfg.ref_nucleus)
         return policy(ro.ids, ro.attention_mask, ro.loss_mask, cfg.temperature, cfg.logprob_chunk, ref_inputs)
 
 
@@ -653,13 +715,18 @@ def update(policy, ref, optimizer, ro: Rollouts, cfg: Config, device, autocast, 
                 stats = score(policy, ref, mb, cfg, autocast)
                 old = stats["logp"].detach() if mb.old_logp is None else mb.per_token(mb.old_logp)  # [N] pi_old
                 weights = token_weights(mb.loss_mask.sum(1).cpu(), cfg.loss_agg, int(n_seqs), int(n_tokens),
-                                        cfg.max_new_tokens).to(device)  # [N]
+                                        cfg.max_new_tokens).to(device, stats["logp"].dtype)  # [N]
                 loss, loss_sums = grpo_loss(stats["logp"], old, mb.per_token(mb.adv), weights,
                                             entropy=stats["entropy"], ref_logp=stats.get("ref_logp"),
                                             kl_forward=stats.get("kl_forward"), kl_reverse=stats.get("kl_reverse"),
                                             **loss_options(cfg))
             with timed(timings, "backward_step"):
                 (loss * world_size()).backward()  # FSDP averages gradients over ranks; the weights count all ranks
+            if "ref_hat_tail" in stats:  # RAPO: what the reweighting did, on the tokens it reweighted (phi < 1)
+                tempered = mb.per_token(mb.phi) < 1  # [N]
+                sums.update({k: sums.get(k, 0.0) + v.item() for k, v in [
+                    ("ref_hat_tail", stats["ref_hat_tail"][tempered].sum()), ("n_reweighted", tempered.sum()),
+                    ("ref_hat_entropy_gain", stats["ref_hat_entropy_gain"][tempered].sum())]})
             gap = (old - mb.per_token(mb.sampler_logp)).abs()  # [N] the trainer at the rollout weights vs vLLM
             sums.update(gap_sum=sums["gap_sum"] + gap.sum().item(), gap_max=max(sums["gap_max"], gap.max().item()),
                         n_tokens=sums["n_tokens"] + len(gap))
@@ -684,6 +751,28 @@ def sync(engine: Engine, policy: Scorer, sleep_level: int) -> None:
     engine.sync_weights(hf_state(policy))
     if sleep_level:
         engine.wake_up(["kv_cache"])
+
+
+GAP_BOUND = {torch.float32: 1e-3, torch.bfloat16: 0.1}  # --max-logprob-gap 0: the bound for the compute dtype
+
+
+def check_health(metrics: dict, cfg: Config) -> None:
+    """Stop a run that has gone wrong in a way the loss cannot show: an engine that does not serve the trainer's
+    weights (checked every step, so the first sync and a --resume are checked first), and RAPO's reweighted
+    reference drifting onto the tail or far above the reference's entropy."""
+    bound = cfg.max_logprob_gap or GAP_BOUND[compute_dtype(cfg.dtype)]
+    if metrics["logprob_gap_mean"] > bound:
+        raise HealthError(
+            f"step {metrics['step']}: vLLM's logprobs differ from the trainer's by {metrics['logprob_gap_mean']:.2e} "
+            f"a token on average (bound {bound:g}, --max-logprob-gap): the engine is not serving the trainer's "
+            "weights. Likely a weight sync that loaded nothing or the wrong names (a model whose HF names vLLM maps "
+            "differently), a stale prefix cache, or an engine of another dtype; the first bad step says which sync")
+    for name, flag in [("ref_hat_tail", "--ref-hat-max-tail"), ("ref_hat_entropy_gain", "--ref-hat-max-entropy-gain")]:
+        limit = getattr(cfg, flag[2:].replace("-", "_"))
+        if metrics.get(name, 0.0) > limit:
+            raise HealthError(f"step {metrics['step']}: RAPO's reweighted reference has {name} {metrics[name]:.3g} "
+                              f"(bound {limit:g}, {flag}): raise --ref-nucleus (tempers fewer tokens) or "
+                              "--ref-phi-min (tempers less), or raise the bound if this is intended")
 
 
 def step_metrics(step: int, prompts: list[data.Prompt], groups, rewards: torch.Tensor, loss_sums: dict,
@@ -713,6 +802,9 @@ def step_metrics(step: int, prompts: list[data.Prompt], groups, rewards: torch.T
         "logprob_gap_mean": sums["gap_sum"] / n_tok, "logprob_gap_max": maxes["gap_max"],
         "reward_failures": sums["reward_failures"],
         **({"kl": sums["kl"] / n_tok, "kl_clamp_frac": sums["kl_clamped"] / n_tok} if "kl" in sums else {}),
+        **({"ref_hat_tail": sums["ref_hat_tail"] / max(sums["n_reweighted"], 1), "reweighted_frac":
+            sums["n_reweighted"] / n_tok, "ref_hat_entropy_gain": sums["ref_hat_entropy_gain"] /
+            max(sums["n_reweighted"], 1)} if "ref_hat_tail" in sums else {}),
         **{f"time_{k}": v for k, v in timings.items()},
     }
     for kind in kinds:
@@ -800,6 +892,7 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
                 dashboard.log(metrics, step=step)
             show_samples(flat, rewards.flatten().tolist(), cfg.log_samples, step, out_dir / "samples.jsonl")
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", gap=f"{metrics['logprob_gap_max']:.1e}")
+        check_health(metrics, cfg)  # after its log line; the numbers are reduced, so every rank stops together
         # 5. Checkpoint after the step's log line, so every checkpointed step has its metrics on disk.
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step == cfg.steps - 1:
             path = save_checkpoint(out_dir, step, policy, optimizer, cfg.model, rank)

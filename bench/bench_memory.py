@@ -202,7 +202,8 @@ def micro_batch(shape: Shape, loss_agg: str) -> Batch:
     ids, attention_mask, loss_mask = grpo.batch_tensors(
         [dict(ids=[0] * n, n_prompt=n - shape.completion) for n in lengths], "cpu")
     n_tokens = int(loss_mask.sum())
-    weights = grpo.token_weights(loss_mask.sum(1), loss_agg, shape.seqs, n_tokens, shape.completion)
+    # float32, as the trainer casts them to the loss's dtype
+    weights = grpo.token_weights(loss_mask.sum(1), loss_agg, shape.seqs, n_tokens, shape.completion).float()
     counts = {tuple(loss_mask.shape): n_tokens, tuple(loss_mask[:, 1:].shape): int(loss_mask[:, 1:].sum())}
     rollouts = grpo.Rollouts(ids, attention_mask, loss_mask, sampler_logp=torch.zeros(ids.shape),
                              adv=torch.ones(shape.seqs), phi=torch.ones(shape.seqs))

@@ -6,8 +6,9 @@ What is checked, and against what:
   batches and split into micro-batches (the micro-batch losses must add up to the whole-batch loss).
 - The clipped surrogate: hand-made ratios around 1 - eps_low and 1 + eps_high (eps_low != eps_high) for positive and
   negative advantages: each token's loss, which tokens get zero gradient, and the clip_pos / clip_neg counts.
-- `kl_term`: each sampled term and logged value against its formula on three tokens; the log-ratio clamp (bounded
-  term, zero gradient, counted); >= 0 on random float32 inputs and 0 where the policies agree. And the one property
+- `kl_term`: each sampled term and logged value against its formula on three tokens; the log-ratio bound (clamped
+  value, saturated gradient, counted) and the share of the exact restoring pull each term keeps on a collapsing way
+  past it (float64); >= 0 on random float32 inputs and 0 where the policies agree. And the one property
   that makes a KL choice what its name says: its expected gradient over tokens sampled from pi equals the gradient
   of the named KL (float64, 1e-10, through `token_stats` + `grpo_loss`, phi = 1 and phi < 1).
 - `token_stats`: entropy and log-probabilities by hand on 3-token vocabularies (temperature included); the exact
@@ -193,22 +194,57 @@ def test_sampled_kl_terms_by_hand(kind):
     torch.testing.assert_close(value_t, torch.tensor(KL_EXPECTED[kind][1], dtype=torch.float64))
 
 
-def test_kl_log_ratio_clamp_bounds_the_loss_term_and_zeroes_its_gradient():
-    """log u = -30 and +30 are clamped to -+5 in the loss terms, which then carry no gradient; the logged values
-    use the raw ratio (they are estimates, not losses)."""
+def test_kl_log_ratio_bound_clamps_the_value_and_saturates_the_gradient():
+    """log u = -30 and +30: the loss terms take log u clamped to -+5, but the gradient passes straight through, so each
+    token's coefficient on grad log pi saturates at the bound instead of vanishing: d k2 / d logp = -clamp(log u) and
+    d k3 / d logp = 1 - e^clamp(log u). The logged values use the raw ratio (they are estimates, not losses)."""
     logp = torch.tensor([0.0, -30.0], dtype=torch.float64, requires_grad=True)
     ref = torch.tensor([-30.0, 0.0], dtype=torch.float64)
     k3, value = grpo.kl_term(logp, ref, "forward-k3", clamp=5.0)
     torch.testing.assert_close(k3, torch.tensor([E**-5 - 1 + 5, E**5 - 1 - 5], dtype=torch.float64))
     assert value[1].item() == pytest.approx(30 * E**30 - E**30 + 1)
+    torch.testing.assert_close(torch.autograd.grad(k3.sum(), logp)[0],
+                               torch.tensor([1 - E**-5, 1 - E**5], dtype=torch.float64))
     k2, value = grpo.kl_term(logp, ref, "reverse-k2", clamp=5.0)
     assert k2.tolist() == [12.5, 12.5] and value[0].item() == pytest.approx(E**-30 - 1 + 30)
-    (grad,) = torch.autograd.grad((k3 + k2).sum(), logp)
-    assert grad.tolist() == [0.0, 0.0]
-    # Through the loss: the clamped tokens are counted.
+    assert torch.autograd.grad(k2.sum(), logp)[0].tolist() == [5.0, -5.0]
+    # Through the loss: the tokens past the bound are counted.
     _, metrics = grpo.grpo_loss(logp, logp.detach(), torch.zeros(2, dtype=torch.float64), torch.ones(2),
                                 eps_low=0.2, eps_high=0.2, ref_logp=ref, kl="forward-k3", kl_coef=1.0, kl_clamp=5.0)
     assert metrics["kl_clamped"] == 2
+
+
+def expected_pull(ref_rare: float, pi_rare: float, kind: str, clamp: float) -> tuple[float, float]:
+    """(sum_a pi(a) d loss_t(a) / d z_rare, d KL / d z_rare) over 4 tokens, in float64: the expected gradient of a
+    sampled KL term on a rare way's logit, and the exact one of the KL it is named for. The rare way has ref_rare
+    under the reference and pi_rare under the policy; the other three tokens share the rest evenly."""
+    ref = torch.tensor([ref_rare] + [(1 - ref_rare) / 3] * 3, dtype=torch.float64).log()  # [4]
+    z = torch.tensor([pi_rare] + [(1 - pi_rare) / 3] * 3, dtype=torch.float64).log().requires_grad_()  # [4] logits
+    expected = 0.0
+    for a in range(4):
+        logp_all = torch.log_softmax(z, -1)  # [4] a fresh graph per sampled token
+        loss_t, _ = grpo.kl_term(logp_all[a:a + 1], ref[a:a + 1], kind, clamp=clamp)
+        expected += logp_all[a].exp().item() * torch.autograd.grad(loss_t.sum(), z)[0][0].item()
+    exact = torch.autograd.grad(true_kl(torch.log_softmax(z, -1), ref, kind.split("-")[0]), z)[0][0].item()
+    return expected, exact
+
+
+# The collapse RAPO is about: a way the reference gives 13% (5%) that the policy has sharpened down to 0.05% (0.01%),
+# so log u = 5.6 (6.2), past the bound 5. The share of the exact restoring pull each term keeps at the bound (computed
+# by `expected_pull`; a clamp that zeroed the gradient kept ~0.1% for k3 and ~4% for k2).
+KEPT_AT_BOUND = {("forward-k3", 0.13, 5e-4): 0.569, ("forward-k3", 0.05, 1e-4): 0.295,
+                 ("reverse-k2", 0.13, 5e-4): 0.902, ("reverse-k2", 0.05, 1e-4): 0.806}
+
+
+@pytest.mark.parametrize("kind,ref_rare,pi_rare", list(KEPT_AT_BOUND))
+def test_sampled_kl_terms_keep_pulling_a_collapsing_way_past_the_bound(kind, ref_rare, pi_rare):
+    """Past the bound the expected restoring gradient on the rare way's logit keeps its sign and a stated share of
+    the exact one (k3: e^5 / u of it, roughly; k2: 5 / log u); with the bound out of reach (50) it is exact."""
+    saturated, exact = expected_pull(ref_rare, pi_rare, kind, clamp=5.0)
+    assert math.log(ref_rare / pi_rare) > 5.0 and exact < 0  # descent raises the rare way's logit
+    assert saturated / exact == pytest.approx(KEPT_AT_BOUND[kind, ref_rare, pi_rare], abs=1e-3)
+    unbounded, _ = expected_pull(ref_rare, pi_rare, kind, clamp=50.0)
+    assert unbounded == pytest.approx(exact, abs=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["reverse-k2", "forward-k3"])

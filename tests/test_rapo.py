@@ -1,5 +1,6 @@
 """RAPO: the reward-aware reference in the shared loss, Proposition 3.3 numerically, and the three arms of rapo.py."""
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -133,3 +134,66 @@ def test_each_arm_trains_on_the_tiny_model(tiny_model, engine, tmp_path, arm):
         assert history[0]["kl"] < 1e-6, history[0]
     else:
         assert history[0]["kl"] > 1e-4, history[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The reweighted reference at Qwen's vocabulary (bench/bench_reweighting.py has the whole table)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_reweighting  # noqa: E402
+
+
+@pytest.mark.parametrize("head", list(bench_reweighting.heads()))
+def test_reweighting_keeps_tail_and_entropy_at_151936_tokens_for_every_phi(head):
+    """At the trainer's default --ref-nucleus, on an LLM-shaped next-token distribution (a head, a tail of log-probs
+    ~ N(-20, 2) over 151,936 tokens), for phi from 1e-3 to 1: the reweighted reference keeps <= 1% of its mass on
+    tokens the reference gives < 1e-4 (exactly the reference's own share) and its entropy within 0.5 nats of the
+    reference's. Over the whole vocabulary (nucleus 0) phi = 0.5 puts most of the mass there."""
+    log_ref = bench_reweighting.distribution(bench_reweighting.heads()[head], mu=-20.0)
+    ref_tail = log_ref.exp()[log_ref.exp() < grpo.REF_TAIL_BELOW].sum().item()
+    for phi in (1e-3, 0.1, 0.3, 0.5, 0.8, 1.0):
+        m = bench_reweighting.measure(log_ref, phi, grpo.Config().ref_nucleus)
+        assert m["tail"] <= 0.01 and m["tail"] == pytest.approx(ref_tail, rel=1e-9), (phi, m)
+        assert abs(m["entropy_gain"]) <= 0.5, (phi, m)
+    assert bench_reweighting.measure(log_ref, 0.5, nucleus=0.0)["tail"] > 0.5
+
+
+def test_reweighting_tempers_the_nucleus_and_leaves_the_rest():
+    """By hand: ref = (0.5, 0.3, 0.15, 0.05), nucleus 0.25 -> N = {0.5, 0.3, 0.15} (0.05 < 0.125), mass 0.95.
+    phi = 0.5: sqrt(0.5), sqrt(0.3), sqrt(0.15) = 0.7071, 0.5477, 0.3873, sum 1.6421 -> x 0.95 / 1.6421."""
+    ref = torch.tensor([[0.5, 0.3, 0.15, 0.05]], dtype=torch.float64).log()
+    hat = grpo.reweighted_reference(ref, torch.tensor([0.5], dtype=torch.float64), nucleus=0.25).exp()[0]
+    root = torch.tensor([0.5, 0.3, 0.15], dtype=torch.float64).sqrt()
+    torch.testing.assert_close(hat, torch.cat([0.95 * root / root.sum(), torch.tensor([0.05], dtype=torch.float64)]))
+    same = grpo.reweighted_reference(ref, torch.tensor([1.0], dtype=torch.float64), nucleus=0.25)
+    torch.testing.assert_close(same, ref)  # phi = 1: the plain reference
+    whole = grpo.reweighted_reference(ref, torch.tensor([0.5], dtype=torch.float64), nucleus=0.0)
+    torch.testing.assert_close(whole, torch.log_softmax(0.5 * ref, -1))  # nucleus 0: ref^phi / Z
+
+
+@pytest.mark.parametrize("source", ["sample", "group-mean"])
+def test_failed_samples_get_the_reweighted_reference_through_the_trainer(tiny_model, source):
+    """Through the trainer's own path (make_rollouts -> score): in a group with rewards (1, 0) and phi_min 0.5, the
+    correct sample is scored against the plain reference and the failed one against ref^0.5 in the nucleus (source
+    'sample'); with 'group-mean' both get phi = 0.75. Planting phi from the wrong end fails this."""
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt_ids = data.render(tok, "What is 2 + 2?")
+    completions = [tok.encode("4 is it")[:4], tok.encode("5, no")[:4]]
+    Sample = __import__("rollout").Sample
+    groups = [[Sample(prompt_ids, c, [0.0] * len(c), "", "stop") for c in completions]]
+    cfg = grpo.Config(model=tiny_model, kl_coef=0.1, kl="forward-exact", ref_phi_min=0.5, ref_phi_source=source,
+                      ref_nucleus=0.0)  # the whole vocabulary: every position changes with phi
+    ro = grpo.make_rollouts(groups, torch.tensor([[1.0, 0.0]]), cfg, "cpu")
+    policy = grpo.load_model(cfg, "cpu", world=1, trainable=True)
+    ref = grpo.load_model(cfg, "cpu", world=1, trainable=False)
+    with torch.no_grad():
+        got = grpo.score(policy, ref, ro, cfg, contextlib.nullcontext())["ref_logp"].split(ro.loss_mask.sum(1).tolist())
+        hidden = ref(ro.ids, ro.attention_mask, ro.loss_mask)  # [N, H]
+    plain = torch.log_softmax(hidden @ ref.head.T / cfg.temperature, -1)  # [N, V]
+    targets = ro.ids[:, 1:][ro.loss_mask[:, 1:]]  # [N]
+    want = {phi: grpo.reweighted_reference(plain, torch.full((len(targets),), phi), 0.0).gather(-1, targets[:, None])
+            [:, 0].split(ro.loss_mask.sum(1).tolist()) for phi in (1.0, 0.5, 0.75)}
+    phis = (1.0, 0.5) if source == "sample" else (0.75, 0.75)
+    for i, phi in enumerate(phis):
+        torch.testing.assert_close(got[i], want[phi][i])
+    assert (want[0.5][1] - want[1.0][1]).abs().max() > 1e-3, "phi must change the reference's logprobs here"
