@@ -29,24 +29,28 @@ The paper's (spec/algorithms.md §3; read from its abstract, captions and a seco
 readable): the forward KL in place of the reverse KL, the entropy bonus, the reference reweighted as ref^phi(r) / Z
 with phi monotone in the reward, the GRPO surrogate otherwise unchanged, Qwen2.5-3B/7B base models with no SFT, and
 SimpleRL-Zoo's 8K training problems. This project's choices, where the paper's values were NOT FOUND: phi linear in
-the reward with phi_min = 0.5, phi from the sample's own reward (its group's mean is --ref-phi-source group-mean),
-the KL per token (a per-sequence ratio is a product of token ratios and explodes), the KL exact over the vocabulary
+the reward with phi_min = 0.5 on the reference's nucleus, phi from the sample's own reward (its group's mean is
+--ref-phi-source group-mean), the KL per token (a per-sequence ratio is a product of token ratios and explodes), the KL exact over the vocabulary
 at each visited position (its gradient is the true forward-KL gradient there; the paper's sampled value estimate
 w log w - w + 1 has a biased gradient as a loss, so the sampled option is --kl forward-k3, whose gradient is the
 forward KL's, see grpo.kl_term), alpha = beta = 1e-3, and SimpleRL-Zoo's recipe for everything else (group 8,
 lr 5e-7, clip 0.2, 1024 prompts per step in 4 minibatches, 8192 tokens, temperature 1, reverse-KL 1e-4).
-A caution on phi_min = 0.5, from the toy (toy_rapo.py): ref^0.5 / Z per token lifts every token the reference
-gives ~0, and over the toy's 384 tokens they took ~30% of each position's mass; at alpha 0.3 every failed sample
-then pulled the policy towards them (entropy 0.08 -> 2.2 nats at lr 1e-3; pass@1 0.59 -> 0.15 at the toy's
-defaults, seed 0). The toy uses 0.8 (~1%). Over Qwen's 152k tokens it depends on the tail: tokens at log-prob -20
-would take 87% of a position after reweighting, at -30 about 4%. Measure it (and the entropy) before a long run at
-0.5; that check has not been run on the GPU node.
+
+Why the reweighting tempers only the reference's nucleus (`grpo.reweighted_reference`, --ref-nucleus 0.1, this
+project's): ref^phi / Z over the whole vocabulary lifts every token the reference rules out. At Qwen's 151,936
+tokens with tail log-probs near -20, ref^0.5 / Z put 87% of a position's mass on tokens the reference gives < 1e-4
+and added 10 nats of entropy (bench/bench_reweighting.py); in the toy (toy_rapo.py, 384 tokens) it took ~30% and
+pass@1 fell from 0.59 to 0.15. Tempering only the tokens with ref >= 0.1 x max ref keeps the tail at the
+reference's own share for every phi, and added at most 0.25 nats on the bench's heads for every phi in (0, 1],
+which is why phi_min 0.5 is safe with it. Each step logs what the reweighting did (ref_hat_tail, ref_hat_entropy_gain,
+over the reweighted tokens) and the run stops past --ref-hat-max-tail / --ref-hat-max-entropy-gain.
 
 The baselines. The paper's GRPO-RKL ran GRPO's k3 term (SimpleRL-Zoo: verl's low_var_kl), whose value estimates the
 reverse KL but whose gradient is the forward KL's (grpo.kl_term): as published it is the `grpo-k3` arm. A comparison
 about the KL's direction needs a true reverse-KL gradient: the `grpo-rkl` arm, exact over the vocabulary like the
 forward arms. So four arms: grpo-rkl (reverse), grpo-k3 (as published: forward gradient, plain reference),
-grpo-fkl (forward, plain reference) and rapo (forward, reweighted reference).
+grpo-fkl (forward, plain reference) and rapo (forward, reweighted reference); grpo-rkl, grpo-fkl and rapo share
+alpha = 1e-3, every arm shares beta.
 
 Deliberately left out: the paper's evaluation (pass@k to k = 1024 on AIME 2024/2025 from 2048 samples, and its "hard"
 subsets), SimpleRL-Zoo's qwen-boxed prompt (the project's system prompt carries the same instruction), and any
@@ -67,9 +71,10 @@ from common import one_line_errors, opt, parse_config, shutdown
 
 # The arms of the paper's comparison (its Fig. 3 calls them GRPO-RKL, GRPO-FKL and RAPO; GRPO-RKL as published is
 # grpo-k3, see the docstring). --arm picks one and its values become the defaults; a flag given explicitly still wins.
-# All else (the entropy bonus too) is shared.
+# grpo-rkl, grpo-fkl and rapo differ only in what they are named for (the KL's direction, the reweighting): the same
+# alpha 1e-3; grpo-k3 keeps the published baseline's 1e-4. All else (the entropy bonus beta too) is shared.
 ARMS = {
-    "grpo-rkl": dict(kl="reverse-exact", kl_coef=1e-4, ref_phi_min=1.0, out_dir="runs/rapo-arm-grpo-rkl"),
+    "grpo-rkl": dict(kl="reverse-exact", kl_coef=1e-3, ref_phi_min=1.0, out_dir="runs/rapo-arm-grpo-rkl"),
     "grpo-k3": dict(kl="forward-k3", kl_coef=1e-4, ref_phi_min=1.0, out_dir="runs/rapo-arm-grpo-k3"),
     "grpo-fkl": dict(kl="forward-exact", kl_coef=1e-3, ref_phi_min=1.0, out_dir="runs/rapo-arm-grpo-fkl"),
     "rapo": dict(kl="forward-exact", kl_coef=1e-3, ref_phi_min=0.5, out_dir="runs/rapo-arm-rapo"),
@@ -103,10 +108,11 @@ class RapoConfig(grpo.Config):
     grad_checkpointing: bool = tagged("grad_checkpointing", True, f"{OURS}: 8192-token responses")
     kl: str = tagged("kl", ARMS["rapo"]["kl"], f"{PAPER}: forward KL; {OURS}: per token, exact (default) or sampled "
                      "(forward-k3); arms: grpo-rkl reverse-exact, grpo-k3 forward-k3 (GRPO's k3 as published)")
-    kl_coef: float = tagged("kl_coef", ARMS["rapo"]["kl_coef"], f"{OURS}: RAPO's alpha; grpo-rkl and grpo-k3 arms "
-                            "1e-4 (SimpleRL-Zoo's k3 coefficient)")
+    kl_coef: float = tagged("kl_coef", ARMS["rapo"]["kl_coef"], f"{OURS}: RAPO's alpha, the same in the grpo-rkl and "
+                            "grpo-fkl arms; the grpo-k3 arm 1e-4 (SimpleRL-Zoo's k3 coefficient, as published)")
     ref_phi_min: float = tagged("ref_phi_min", ARMS["rapo"]["ref_phi_min"], f"{PAPER}: ref^phi(r) / Z, phi "
-                                f"monotone in reward; {OURS}: the linear form, 0.5 (1 in the grpo-* arms)")
+                                f"monotone in reward; {OURS}: the linear form, 0.5 (1 in the grpo-* arms), tempering "
+                                "the reference's nucleus only (--ref-nucleus)")
     ref_phi_source: str = tagged("ref_phi_source", "sample", OURS)
     entropy_coef: float = tagged("entropy_coef", 1e-3, f"{PAPER}: an entropy bonus; {OURS}: RAPO's beta = "
                                  "SimpleRL-Zoo's 1e-3, in every arm")

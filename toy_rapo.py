@@ -166,13 +166,13 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, step
     return out_dir
 
 
-# The arms: what each adds to GRPO's loss (grpo.Config fields). Every other setting is shared (`RapoToyConfig`).
+# The arms: what each adds to GRPO's loss (grpo.Config fields), and nothing else: every arm has the same entropy bonus
+# (`RapoToyConfig.entropy_coef`), the KL arms the same alpha, and every other setting is shared (`RapoToyConfig`).
 ARMS = {
     "grpo": lambda c: dict(kl_coef=0.0),
     "grpo-rkl": lambda c: dict(kl="reverse-exact", kl_coef=c.kl_coef),
     "grpo-fkl": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef),
-    "rapo": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef, ref_phi_min=c.ref_phi_min,
-                           entropy_coef=c.entropy_coef),
+    "rapo": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef, ref_phi_min=c.ref_phi_min),
 }
 
 
@@ -194,8 +194,8 @@ class RapoToyConfig:
                  "rare way's unvisited states drift and even the KL arms lose the wrapping problems]")
     kl_coef: float = opt(0.3, "alpha, the KL weight of the KL arms [this project's; the paper's 1e-3 is for 3B-7B "
                          "models over thousands of steps]")
-    entropy_coef: float = opt(1e-3, "beta, RAPO's entropy bonus [paper: a bonus; this project's value, SimpleRL's "
-                              "1e-3]")
+    entropy_coef: float = opt(1e-3, "beta, RAPO's entropy bonus, in every arm [paper: a bonus; this project's value, "
+                              "SimpleRL's 1e-3]")
     ref_phi_min: float = opt(0.8, "RAPO's reweighting: phi = phi_min + (1 - phi_min) * reward [this project's linear "
                              "form, as rapo.py; at 0.5 a failed sample's reweighted reference puts ~30% of each "
                              "position's mass on junk tokens and the policy blows up]")
@@ -236,7 +236,8 @@ def run_seed(cfg: RapoToyConfig, arms: list[str], base_dir: str, engine, tok, se
         arm_cfg = grpo.Config(model=base_dir, out_dir=str(Path(cfg.out_dir) / f"seed{seed}" / arm), steps=cfg.steps,
                               seed=seed, prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size,
                               temperature=1.0, max_new_tokens=cfg.max_new_tokens, max_model_len=256, lr=cfg.lr,
-                              adv_std_norm=False, micro_batch_size=128, log_samples=1, **ARMS[arm](cfg))
+                              adv_std_norm=False, micro_batch_size=128, log_samples=1, entropy_coef=cfg.entropy_coef,
+                              **ARMS[arm](cfg))
         history = grpo.train(arm_cfg, train, toy.toy_reward, engine=engine)  # the engine ends with its weights
         results[arm] = {"pass": measure(engine, held_out, cfg, seed), "entropy": [h["entropy"] for h in history],
                         "reward": [h["reward"] for h in history],

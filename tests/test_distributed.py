@@ -47,6 +47,17 @@ def test_two_ranks_train_like_one_process_and_serve_the_same_weights(tiny_model,
     single = [json.loads(line) for line in (single_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["reward"] for m in metrics] == pytest.approx([m["reward"] for m in single], abs=1e-6)
 
+    # Each step, the ranks' shares of its prompts are disjoint and together are the step's prompts (the reward above
+    # ignores the prompt, so every rank training on rank 0's share would pass everything else).
+    cfg = tiny_config(tiny_model, dist_dir, steps=2)
+    per_rank_calls = cfg.prompts_per_step // 2 * cfg.group_size
+    shares = [(dist_dir / f"prompts-rank{r}.txt").read_text().split() for r in (0, 1)]
+    for step in range(cfg.steps):
+        a, b = ({*ids[step * per_rank_calls:(step + 1) * per_rank_calls]} for ids in shares)
+        expected = {p.problem.id for p in grpo.prompts_for_step(tiny_prompts(tiny_model), step, cfg.prompts_per_step,
+                                                                 cfg.seed)}
+        assert not a & b and a | b == expected, (step, a, b, expected)
+
 
 def run_worker(model: str, out_dir: Path, ranks: int, **overrides) -> list[dict]:
     """tests/dist_worker.py on `ranks` gloo ranks (1: a plain process, no torchrun); returns its metrics lines."""

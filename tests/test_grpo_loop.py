@@ -255,3 +255,26 @@ def test_wandb_gets_the_metrics_of_metrics_jsonl(tiny_model, engine, tmp_path, m
     assert logged == [(m["step"], m) for m in lines] and lines == history
     [run_file] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     assert run_file.stat().st_size > 0
+
+
+def test_a_stale_weight_sync_stops_the_run_in_one_line(tiny_model, engine, tmp_path, monkeypatch):
+    """A planted broken sync (the engine keeps its old weights after the optimizer step): step 0 passes (the engine
+    was synced at the start), step 1's rollouts come from stale weights, and the run stops after logging that step,
+    naming the bound's flag and the likely causes."""
+    monkeypatch.setattr(grpo, "sync", lambda engine, policy, sleep_level: None)
+    with pytest.raises(grpo.HealthError, match=r"step 1: vLLM's logprobs differ .* --max-logprob-gap.*weight sync"):
+        grpo.train(tiny_config(tiny_model, tmp_path, steps=3), tiny_prompts(tiny_model), char_fraction("7"),
+                   engine=engine)
+    gaps = [json.loads(line)["logprob_gap_mean"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(gaps) == 2 and gaps[0] < 1e-5 < 1e-3 < gaps[1], gaps
+
+
+def test_a_drifting_reweighted_reference_stops_the_run(tiny_model, engine, tmp_path):
+    """RAPO's reweighted reference past --ref-hat-max-entropy-gain (set below what phi 0.5 over the whole vocabulary
+    adds) stops the run at the first step, naming the flags to change."""
+    cfg = tiny_config(tiny_model, tmp_path, kl_coef=0.1, kl="forward-exact", ref_phi_min=0.5, ref_nucleus=0.0,
+                      ref_hat_max_entropy_gain=1e-6)
+    with pytest.raises(grpo.HealthError, match=r"ref_hat_entropy_gain .* --ref-hat-max-entropy-gain.*--ref-nucleus"):
+        grpo.train(cfg, tiny_prompts(tiny_model), lambda text, prompt: 0.0, engine=engine)
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged["reweighted_frac"] == 1.0 and logged["ref_hat_entropy_gain"] > 1e-6 and logged["ref_hat_tail"] >= 0
