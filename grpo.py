@@ -29,7 +29,8 @@ Logprobs are computed only at completion positions and in chunks of positions (`
 Deliberately left out: a value model (GRPO needs none), asynchronous / off-policy rollouts (every rollout comes from
 the current weights; the PPO ratio matters only with --minibatches > 1), dynamic sampling (zero-std groups are kept
 and simply contribute no gradient), learning-rate warmup, and importance correction of the small
-vLLM-vs-trainer logprob gap (it is logged every step instead: it is the health metric of the weight sync).
+vLLM-vs-trainer logprob gap (it is the health metric of the weight sync instead: logged every step, and a step whose
+mean gap passes --max-logprob-gap stops the run, `check_health`).
 """
 
 from __future__ import annotations

@@ -194,6 +194,7 @@ def test_hard_problems_are_hard_at_every_temperature() -> None:
     gc.collect()  # vLLM's teardown resets process-wide state: now, before another test builds an engine
 
 
+@pytest.mark.slow
 def test_pope_solves_hard_problems_that_grpo_does_not(tmp_path) -> None:
     """The toy's claim, as `python pope.py` runs it (32 hard problems, 12 steps), for seeds 0 and 1 (~9 minutes):
     the base model solves at most 1 of 32 hard problems unguided; GRPO, with at least POPE's sampling budget, stays

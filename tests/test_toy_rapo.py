@@ -9,6 +9,7 @@ import json
 import random
 
 import numpy as np
+import pytest
 
 import data
 import toy
@@ -78,6 +79,7 @@ def test_rapo_toy_runs_end_to_end(tmp_path) -> None:
     assert matplotlib.image.imread(tmp_path / "rapo_toy.png").shape[0] > 100
 
 
+@pytest.mark.slow
 def test_grpo_narrows_reach_and_rapo_keeps_it(tmp_path) -> None:
     """The claim, on seeds 0 and 1, at the default settings with 32 held-out problems instead of 64 (about 6
     minutes): GRPO raises pass@1 and lowers pass@256 below the base model's; RAPO raises pass@1 and keeps pass@256
@@ -96,8 +98,6 @@ def test_grpo_narrows_reach_and_rapo_keeps_it(tmp_path) -> None:
 def test_rapo_help_names_the_toy_flags(capsys) -> None:
     """`python rapo.py --help` with no --model documents the toy's flags (their help holds a '%', which argparse
     would otherwise read as a format)."""
-    import pytest
-
     import rapo
 
     with pytest.raises(SystemExit) as exit_:
