@@ -115,10 +115,11 @@ def extract_answer(response: str, *, box_policy: str = "last_group", no_box_poli
 
 
 def is_equiv(pred: str | None, gold: str | None) -> bool:
-    """Whether an extracted answer equals a gold answer (bare LaTeX or plain text). See the module docstring."""
+    """Whether an extracted answer equals a gold answer. The gold is read with `gold_answer`, so it may be written as
+    datasets write it (boxed, in `$...$`, after "The answer is"); see the module docstring."""
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
-    a, b = _analyse(pred), _analyse(gold)
+    a, b = _analyse(pred), _analyse(gold_answer(gold))
     if not a.items or not b.items:
         return False
     if a.compact == b.compact or mathexpr.equal(a.items, b.items):
@@ -127,6 +128,56 @@ def is_equiv(pred: str | None, gold: str | None) -> bool:
         scaled_a, scaled_b = (_per_hundred(a.items), b.items) if a.percent else (a.items, _per_hundred(b.items))
         return scaled_a is not None and scaled_b is not None and mathexpr.equal(scaled_a, scaled_b)
     return False
+
+
+@lru_cache(maxsize=4096)  # a group of samples shares one gold answer
+def gold_answer(text: str) -> str:
+    """The answer a gold string states, read the way datasets write it (module docstring, step 0):
+
+    >>> gold_answer("so the area is $\\\\boxed{\\\\frac{1}{2}}$."), gold_answer("The answer is $x = 3$.")
+    ('\\\\frac{1}{2}', 'x = 3')
+    >>> gold_answer("\\\\(\\\\sqrt{2}\\\\)"), gold_answer("$1$ and $2$"), gold_answer("\\\\text{Evelyn}")
+    ('\\\\sqrt{2}', '$1$ and $2$', '\\\\text{Evelyn}')
+    """
+    s = text.strip()
+    boxed = extract_answer(s)  # the last box, or the last group of boxes ("\\boxed{1} and \\boxed{-2}": "1, -2")
+    if boxed is None:
+        boxed = _unclosed_last_box(s)
+    if boxed is not None:
+        return boxed.strip()
+    if _GOLD_PHRASE_RE.search(s[-TAIL_CHARS:]):
+        s = _answer_after_phrase(s) or s
+    return _strip_math_delimiters(s)
+
+
+# A gold answer that states itself: "The answer is 5", "Answer: 5", "the final answer is $5$".
+_GOLD_PHRASE_RE = re.compile(r"(?i)\b(?:final answer is|answer is|answer:)")
+_MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def _unclosed_last_box(text: str) -> str | None:
+    """What follows the last box command when its brace is never closed (a truncated gold string), else None."""
+    start, command = max((text.rfind(c + "{"), c) for c in _BOX_COMMANDS)
+    if start < 0:
+        return None
+    rest = text[start + len(command) + 1 :]
+    return rest if _match_brace("{" + rest, 0, MAX_ANSWER_CHARS + 2) < 0 and rest.strip() else None
+
+
+def _strip_math_delimiters(s: str) -> str:
+    """`$x$`, `$$x$$`, `\\(x\\)`, `\\[x\\]` (and a sentence's full stop after them) -> `x`, when one pair wraps the
+    whole answer; `$1$ and $2$` is left whole (normalisation removes the dollars)."""
+    for _ in range(2):  # "$\\(x\\)$"
+        trimmed = s.rstrip(" .")
+        for opener, closer in _MATH_DELIMITERS:
+            inner = trimmed[len(opener) : -len(closer)]
+            if (len(trimmed) > len(opener) + len(closer) and trimmed.startswith(opener) and trimmed.endswith(closer)
+                    and opener not in inner and closer not in inner):
+                s = inner.strip()
+                break
+        else:
+            return s
+    return s
 
 
 def _check_policies(box_policy: str, no_box_policy: str) -> None:
