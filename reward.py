@@ -11,6 +11,11 @@ The reward is the only signal RL gets, so the checker is strict where a reward c
 the model to exploit the checker) and generous only where the answer is unambiguous (a false negative hides a rare
 correct solution). This file works on text; `mathexpr.py` reads the maths. In order:
 
+0. Gold answers (`gold_answer`, used by `is_equiv` on its gold side, so every caller benefits): read as datasets write
+   them, the gold's content is what is compared: the last box / group of boxes as in step 1 (a MATH solution, or
+   `\\boxed{1} and \\boxed{-2}`), a box left unclosed at the end, the text after "The answer is" / "final answer is" /
+   "Answer:", or the inside of `$...$`, `$$...$$`, `\\(...\\)`, `\\[...\\]` wrapping the whole gold. `data.check_gold`
+   uses it to find golds that cannot score 1 against themselves.
 1. Extraction (`extract_answer`): the last `\\boxed{...}` / `\\fbox{...}`, braces matched (escaped `\\{` `\\}` skipped),
    after undoing a double escape (`\\\\boxed`, JSON inside JSON). `box_policy`: "last_group" (default) joins the boxes
    right before the last one that only connectors separate from it ("," "and" `\\quad` `$`): `\\boxed{1}, \\boxed{2}`
@@ -18,7 +23,8 @@ correct solution). This file works on text; `mathexpr.py` reads the maths. In or
    only (Qwen2.5-Math, lighteval); "all_agree" takes it only if every box is equivalent to it. `no_box_policy`: "zero"
    (default: the trainer's prompt asks for a box, as in DeepSeek-R1-style rule rewards), "answer_phrase" (the text
    after the last "final answer is" / "answer is" / "answer:", the Minerva format), "last_number" (lenient).
-2. Normalisation (`normalize`), both sides: math delimiters, `\\left`/`\\right`, spacing commands, `\\dfrac` `\\tfrac`
+2. Normalisation (`normalize`), both sides: Unicode maths made LaTeX (`π` `−` `√` `≤` `±` ...; `°` and currency
+   signs dropped), math delimiters, `\\left`/`\\right`, spacing commands, `\\dfrac` `\\tfrac`
    `\\cfrac`, `^\\circ`, `\\%` (and "percent"/"pct"), `\\$`, thousands separators (`1,000`, `1{,}000`, `1,\\!000`,
    `1 000` when the whole answer is that number), trailing unit text (`15\\text{ cm}^2`, `125 miles`), `\\text{...}`
    unwrapped, bare function names (`sqrt`, `pi`) made commands, a lettered choice `(C)` made `C`.
@@ -31,8 +37,9 @@ takes ~1 ms); a SIGALRM timer (CALL_TIME_LIMIT_S; main thread only; nests in an 
 exception inside scores 0.0 and is counted in STATS. `RewardPool` runs a reward in worker processes.
 
 Deliberately left out: unit conversion (`1\\text{ m}` vs `100\\text{ cm}`), `<think>`-aware extraction (the whole
-response is searched), a boxed gold answer (gold answers are bare), Unicode maths (`π`, `≤`: compared as text), a
-tolerance knob, and what mathexpr leaves out (its docstring: no sympy, no `\\alpha`, ...).
+response is searched), a tolerance knob, gold answers in other dataset formats (GSM8K's `#### 42`, a lettered
+choice with its text `(D) Alina`: compared as written), Unicode beyond the table `_UNICODE` (compared as text), and
+what mathexpr leaves out (its docstring: no sympy, no integrals, ...).
 """
 
 from __future__ import annotations
@@ -279,6 +286,14 @@ def _answer_after_phrase(text: str) -> str | None:
 
 
 # -- Normalisation -----------------------------------------------------------------------------------------------------
+# Unicode maths as models and datasets write it, made LaTeX (π, −, √, ≤, ...); currency signs and ° are dropped.
+_UNICODE = {
+    "\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u22c5": "\\cdot ", "\u00b7": "\\cdot ", "\u00f7": "\\div ",
+    "\u2264": "\\le ", "\u2265": "\\ge ", "\u2260": "\\ne ", "\u2248": "\\approx ", "\u03c0": "\\pi ",
+    "\u221e": "\\infty ", "\u221a": "\\sqrt ", "\u00b1": "\\pm ", "\u222a": "\\cup ", "\u2208": "\\in ",
+    "\u00b0": "", "\u00b2": "^2", "\u00b3": "^3", "\u20ac": "", "\u00a3": "", "\u00a5": "", "\uff0c": ",",
+    "\u00a0": " ",
+}
 _TEXT_COMMANDS = ("text|textnormal|textrm|textup|textbf|textit|textsf|texttt|mbox|hbox|mathrm|mathbf|mathit|mathsf"
                   "|mathtt|mathnormal|mathbb|mathcal|operatorname|boldsymbol|bm")
 _TEXT_RE = re.compile(r"\\(?:" + _TEXT_COMMANDS + r")\s*\{([^{}]*)\}")
@@ -297,7 +312,11 @@ _THOUSANDS_SPACE_RE = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 
 def normalize(answer: str) -> tuple[str, bool]:
     """Canonical LaTeX-ish string of an answer, and whether it carried a percent sign. See the module docstring."""
-    s = answer.strip().replace("\\$", " ").replace("$", " ")
+    s = answer.strip()
+    for char, replacement in _UNICODE.items():
+        if char in s:
+            s = s.replace(char, replacement)
+    s = s.replace("\\$", " ").replace("$", " ")
     s = re.sub(r"\\[()\[\]]", " ", s)
     s = re.sub(r"\\(?:left|right)\s*\.", " ", s)
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?)(?![A-Za-z])", "", s)
