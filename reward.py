@@ -294,6 +294,7 @@ _UNICODE = {
     "\u00b0": "", "\u00b2": "^2", "\u00b3": "^3", "\u20ac": "", "\u00a3": "", "\u00a5": "", "\uff0c": ",",
     "\u00a0": " ",
 }
+_DOUBLED_COMMAND_RE = re.compile(r"(?<!\\)\\\\(?=(?:[dtc]?frac|sqrt|pi|infty|cdot|times|text)(?![A-Za-z]))")
 _TEXT_COMMANDS = ("text|textnormal|textrm|textup|textbf|textit|textsf|texttt|mbox|hbox|mathrm|mathbf|mathit|mathsf"
                   "|mathtt|mathnormal|mathbb|mathcal|operatorname|boldsymbol|bm")
 _TEXT_RE = re.compile(r"\\(?:" + _TEXT_COMMANDS + r")\s*\{([^{}]*)\}")
@@ -317,6 +318,8 @@ def normalize(answer: str) -> tuple[str, bool]:
         if char in s:
             s = s.replace(char, replacement)
     s = s.replace("\\$", " ").replace("$", " ")
+    if "&" not in s:  # outside a matrix, "\\\\dfrac" is a doubled escape, not a row break before the word "dfrac"
+        s = _DOUBLED_COMMAND_RE.sub(r"\\", s)
     s = re.sub(r"\\[()\[\]]", " ", s)
     s = re.sub(r"\\(?:left|right)\s*\.", " ", s)
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?)(?![A-Za-z])", "", s)
@@ -338,7 +341,8 @@ def normalize(answer: str) -> tuple[str, bool]:
     s = _strip_trailing_units(s)
     s = _FUNCTION_WORDS_RE.sub(r"\\\1", s)
     s = re.sub(r"(?<![A-Za-z])(?:infinity|inf)(?![A-Za-z])", r"\\infty", s)
-    s = s.strip().rstrip(".").strip()
+    s = re.sub(r"\.\.\.|\u2026", r"\\dots ", s)  # an ellipsis is an element ("1, 2, 3, ..." is not 1, 2, 3)
+    s = re.sub(r"(?<![.\\])\.$", "", s.strip()).strip()  # a sentence's full stop
     choice = _CHOICE_RE.fullmatch(s)
     if choice:
         s = choice.group(1) or choice.group(2)
