@@ -27,7 +27,9 @@ correct solution). This file works on text; `mathexpr.py` reads the maths. In or
    signs dropped), math delimiters, `\\left`/`\\right`, spacing commands, `\\dfrac` `\\tfrac`
    `\\cfrac`, `^\\circ`, `\\%` (and "percent"/"pct"), `\\$`, thousands separators (`1,000`, `1{,}000`, `1,\\!000`,
    `1 000` when the whole answer is that number), trailing unit text (`15\\text{ cm}^2`, `125 miles`), `\\text{...}`
-   unwrapped, bare function names (`sqrt`, `pi`) made commands, a lettered choice `(C)` made `C`.
+   unwrapped, bare function names (`sqrt`, `pi`) made commands, a lettered choice `(C)` made `C`, an ellipsis made
+   `\\dots` (one element: `1, 2, 3, ...` is not `1, 2, 3`), a doubled backslash before a command outside a matrix
+   (`\\\\dfrac`) halved.
 3. Comparison (`is_equiv`): identical normalised answers match. An answer with a word of three or more letters
    ("Evelyn", "odd") is compared as text, case-insensitively, and one the parser cannot read as its normalised string;
    otherwise `mathexpr.equal` compares the parsed maths (its docstring has the rules). `28\\%` also equals `0.28`.
