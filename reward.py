@@ -278,7 +278,7 @@ def _answer_after_phrase(text: str) -> str | None:
     if not ends:
         return None
     rest = tail[max(ends):].lstrip(" :\n\t")
-    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    for opener, closer in _MATH_DELIMITERS:
         if rest.startswith(opener):
             end = rest.find(closer, len(opener))
             return rest[len(opener) : end] if end > 0 else None
