@@ -8,7 +8,10 @@ A `Prompt` is what the trainer samples a group of completions for; a POPE guided
 `Problem`, with `kind="guided"` and the oracle prefix inside its user turn (so it is prompt, never a training target).
 
 Bad input fails loudly: a row that is not JSON, or lacks a field, raises `DataError` naming the file, the line and the
-field; an empty file is an error too. Nothing is dropped silently.
+field; an empty file is an error too. Nothing is dropped silently. `check_gold` finds gold answers the reward checker
+cannot score (a problem no response could ever earn reward on) and stops the run or drops them, saying which.
+
+Left out: deduplication, problem-text checks, and any judgement of whether a gold answer is right.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import reward
 from common import DataError
 
 # The system prompt of the POPE authors' PipelineRL config (conf/pope.yaml: actor.system_prompt), used for guided and
@@ -167,6 +171,43 @@ def load_problems(source: str, split: str | None = None, problem: str = "problem
     if not problems:
         raise DataError(f"{source}: no usable rows (columns used: problem={problem!r}, answer={answer!r})")
     return problems
+
+
+BAD_GOLD_POLICIES = ("stop", "drop")
+BAD_GOLD_EXAMPLES = 3  # problems named in the message
+
+
+def check_gold(problems: list[Problem], policy: str = "stop", where: str = "") -> list[Problem]:
+    """The problems whose gold answer the reward can be earned on; the others stop the run or are dropped, never
+    trained on silently. Wiring: `problems = check_gold(problems, cfg.bad_gold)` with `--bad-gold stop|drop`.
+
+    A gold passes when the answer it states (`reward.gold_answer`: the content of its box, of its `$...$`, or after
+    "The answer is") scores 1.0 through `reward.math_reward` as the response `\\boxed{<that answer>}`. One that fails is
+    reported with the count and up to BAD_GOLD_EXAMPLES examples, each with its `Problem.id` ("file:line" for a local
+    file) and its gold: policy "stop" raises `DataError` with that one line; "drop" prints it as a warning and returns
+    the other problems (in order). `where` names the source in the message (e.g. the data path). Costs ~1 ms a problem.
+    """
+    if policy not in BAD_GOLD_POLICIES:
+        raise ValueError(f"unknown bad-gold policy {policy!r}; choose one of {BAD_GOLD_POLICIES}")
+    kept, bad = [], []
+    for problem in problems:
+        (kept if _gold_scores_itself(problem.answer) else bad).append(problem)
+    if not bad:
+        return kept
+    examples = "; ".join(f"{p.id}: {p.answer[:80]!r}" for p in bad[:BAD_GOLD_EXAMPLES])
+    more = f" (and {len(bad) - BAD_GOLD_EXAMPLES} more)" if len(bad) > BAD_GOLD_EXAMPLES else ""
+    source = f"{where}: " if where else ""
+    message = (f"{source}{len(bad)} of {len(problems)} problems have a gold answer that scores 0 against itself boxed, "
+               f"so no response could earn reward on them: {examples}{more}")
+    if policy == "stop":
+        raise DataError(message + " (--bad-gold drop skips them)")
+    print(f"warning: {message}; dropped")
+    return kept
+
+
+def _gold_scores_itself(gold: str) -> bool:
+    content = reward.gold_answer(gold)
+    return bool(content.strip()) and reward.math_reward("\\boxed{" + content + "}", gold) == 1.0
 
 
 def render(tokenizer, user_text: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:

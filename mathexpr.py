@@ -11,12 +11,15 @@ are the same maths.
 compiler or to any library's string parser. The tree comes from a fixed grammar and only then becomes numbers.
 
 1. Parsing (`parse`): a recursive-descent parser (`_Parser`; grammar in its docstring) builds a tree of `Node`s:
-   numbers (exact fractions), one-letter symbols, `\\pi`, `\\infty`, `\\frac` `\\sqrt[n]` `^` `!` `\\binom`,
-   `\\sin`-like functions and `\\log_b`, `|x|`, `\\pm`, relations (`= < \\le \\ne \\approx \\in`), tuples and
-   intervals, sets `\\{..\\}`, `\\cup`, ratios `a:b`, matrices, `\\sum`, lists separated by ",", ";", "and", "or". A
-   base-n numeral (`204_5`) is kept as an opaque name.
+   numbers (exact fractions), one-letter symbols and Greek letters (`\\alpha`), `\\pi`, `\\infty`, `\\frac`
+   `\\sqrt[n]` `^` `!` (of a non-integer: Gamma) `\\binom`, `\\sin`-like functions, `\\lg`, `\\log_b` (also
+   `\\log^2_{b}`), `|x|` `\\lvert x\\rvert` `\\vert x\\vert` `\\|x\\|`, `\\lfloor` `\\lceil`, primes (`f(x)'`), `\\pm`,
+   relations (`= < \\le \\ne \\approx \\in`), tuples and intervals, sets `\\{..\\}`, `\\cup`, ratios `a:b`, matrices,
+   `\\sum` and `\\prod`, lists separated by ",", ";", "and", "or". A base-n numeral (`204_5`), a decorated name
+   (`\\overline{AB}`, `\\vec v`), `\\angle`, `\\triangle`, `\\prime` and `\\dots` are kept as opaque names.
 2. Canonical form: `x = 2` and `k \\in [1, 2]` become a labeled value (a letter, `a_3`, `f(x)`, `|AB|` on the left of
-   the relation, as Math-Verify reads it; `7 = 11a + c` is an equation, not a value); `a \\pm b` becomes the two values;
+   the relation, as Math-Verify reads it; also on the right, `5 = x`; `7 = 11a + c` is an equation, not a value);
+   `x \\in \\{1, 2\\}` becomes the list 1, 2; `a \\pm b` becomes the two values (also inside a relation's side);
    `5 \\ge x` reads `x \\le 5`; `p = 5, q = 2, p = 7, q = 2` becomes the tuples (5, 2), (7, 2).
 3. Comparison (`equal`): lists and sets match as sets (every element on each side equals one on the other), tuples
    and intervals element by element with the same brackets (an infinite end counts as open), a labeled value against
@@ -36,11 +39,11 @@ MAX_DEPTH bounds every recursion in this module, the parser's (~12 Python frames
 few), so a call needs at most ~350 frames of Python's default 1000 and no result depends on `sys.getrecursionlimit()`.
 
 Deliberately left out: a computer algebra system (sympy, the old fallback for what floats cannot decide, decided
-none of the peer cases; such answers now count as different); Greek letters and other commands no case needs
-(`\\alpha`, `\\lfloor`, `\\prod`, `\\overline`, `\\dots`: reward.py compares such an answer as text); a label on the
-right (`5 = x`); integrals, limits and derivatives; set-builder notation; merging overlapping intervals; unit
+none of the peer cases; such answers now count as different); commands outside the grammar above (reward.py compares
+such an answer as text); integrals, limits and derivatives; set-builder notation; merging overlapping intervals; unit
 conversion; degrees vs radians; the real cube root of a symbolic negative radicand; rounding (a gold `7.78` is not
-matched by `70/9`).
+matched by `70/9`); `\\log^2_3 x` with an unbraced base after the power (read as the numeral `2_3`; `\\log^{2}_3 x`
+and `\\log_3^2 x` work).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class Node(NamedTuple):
 
 
 SCALAR_KINDS = {"num", "dec", "sym", "const", "add", "mul", "neg", "div", "pow", "func", "root", "apply", "sub",
-                "fact", "abs", "binom", "pm", "sum", "basen"}
+                "fact", "abs", "binom", "pm", "sum", "prod", "basen"}
 
 
 class ParseError(Exception):
@@ -124,9 +127,23 @@ _REL_OPS = {
 }
 _FUNCTIONS = {
     "\\sin", "\\cos", "\\tan", "\\sec", "\\csc", "\\cot", "\\arcsin", "\\arccos", "\\arctan", "\\sinh", "\\cosh",
-    "\\tanh", "\\ln", "\\log", "\\exp",
+    "\\tanh", "\\ln", "\\log", "\\lg", "\\exp",
 }
 _INVERSE = {"\\sin": "\\arcsin", "\\cos": "\\arccos", "\\tan": "\\arctan"}
+# Greek letters are symbols like x (\pi is the constant); \epsilon and \varepsilon stay two names.
+_GREEK = {
+    "alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta", "iota", "kappa",
+    "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "varphi", "chi", "psi", "omega", "Gamma",
+    "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega",
+}
+# A decorated name (\overline{AB}, \vec{v}) is one symbol: the decoration and what it decorates.
+_DECORATIONS = {"\\overline", "\\bar", "\\vec", "\\hat", "\\widehat", "\\tilde", "\\overrightarrow", "\\dot",
+                "\\underline", "\\overarc"}
+_NAMED_SYMBOLS = {"\\angle", "\\triangle", "\\prime"}  # \angle ABC names a quantity, like ABC
+_DOTS = {"\\dots", "\\ldots", "\\cdots"}  # one element "...": "1, 2, \dots" is not the list 1, 2
+# Bracket pairs read as functions: \lfloor x \rfloor, \lceil x \rceil, \lvert x \rvert, \vert x \vert, \| v \|.
+_PAIRED = {"\\lfloor": ("\\rfloor", "\\floor"), "\\lceil": ("\\rceil", "\\ceil"), "\\lvert": ("\\rvert", "abs"),
+           "\\vert": ("\\vert", "abs"), "\\|": ("\\|", "abs")}
 _FUNCTION_LETTERS = "fgh"  # f(x), g(2), h(t) are applications; other letters before "(" multiply: x(x+1)
 _MUL_OPS = {"*", "\\cdot", "\\times", "\\ast"}
 _DIV_OPS = {"/", "\\div"}
@@ -285,7 +302,8 @@ class _Parser:
             return True
         if kind == "cmd":
             return text not in _REL_OPS and text not in _MUL_OPS and text not in _DIV_OPS and text not in (
-                "\\pm", "\\mp", "\\cup", "\\}", "\\end", "\\\\")
+                "\\pm", "\\mp", "\\cup", "\\}", "\\end", "\\\\", "\\rfloor", "\\rceil", "\\rvert") and not (
+                text in ("\\vert", "\\|") and self.abs_depth > 0)
         if text == "|":
             return self.abs_depth == 0
         return text in ("(", "{")
@@ -327,11 +345,13 @@ class _Parser:
         return self.signed(self.parse_postfix)  # 2^-1, 2^{-1}
 
     def parse_postfix(self) -> Node:
-        """A primary and its factorials: 5!, (n+1)!!."""
+        """A primary and its factorials and primes: 5!, (n+1)!!, f(x)', y''."""
         node = self.parse_primary()
-        while self.at("!"):
-            self.take()
-            node = self.node("fact", (node,))
+        while self.at("!") or (self.at("'") and node.kind in ("sym", "apply")):
+            if self.take()[1] == "!":
+                node = self.node("fact", (node,))
+            else:
+                node = self.node(node.kind, node.args, str(node.value) + "'")
         return node
 
     def signed(self, parse: Callable[[], Node]) -> Node:
@@ -400,7 +420,7 @@ class _Parser:
                 self.tokens.insert(self.pos, ("num", text[1:]))
                 text = text[0]
             return self.number(text)
-        if kind == "id" or text in ("\\pi", "\\infty"):
+        if kind == "id" or text in ("\\pi", "\\infty") or (kind == "cmd" and text[1:] in _GREEK):
             return self.parse_primary()
         raise ParseError("bad macro argument")
 
@@ -460,15 +480,27 @@ class _Parser:
             return self.node("const", value="pi")
         if cmd == "\\infty":
             return self.node("const", value="inf")
-        if cmd == "\\sum":
-            return self.parse_sum_operator()
+        if cmd[1:] in _GREEK:
+            return self.parse_letter(cmd)
+        if cmd in ("\\sum", "\\prod"):
+            return self.parse_big_operator(cmd[1:])
         if cmd == "\\begin":
             return self.parse_matrix()
         if cmd == "\\{":
             inner = self.parse_list(closers=("\\}",))
             self.expect("\\}")
             return self.node("set", inner.args)
-        if cmd == "\\angle":  # \angle ABC names a quantity, like ABC
+        if cmd in _PAIRED:
+            closer, name = _PAIRED[cmd]
+            self.abs_depth += closer == cmd  # inside \vert x \vert the next \vert closes, it does not open
+            inner = self.parse_group(closer)
+            self.abs_depth -= closer == cmd
+            return self.node("abs", (inner,)) if name == "abs" else self.node("func", (inner,), name)
+        if cmd in _DECORATIONS:
+            return self.node("sym", value=f"{cmd}({_key(self.parse_arg())})")
+        if cmd in _DOTS:
+            return self.node("sym", value="...")
+        if cmd in _NAMED_SYMBOLS:
             return self.node("sym", value=cmd)
         raise ParseError(f"unsupported command {cmd}")
 
@@ -484,11 +516,15 @@ class _Parser:
             power = self.parse_exponent()
             if cmd in _INVERSE and power == Node("neg", (Node("num", value=Fraction(1)),)):
                 cmd, power = _INVERSE[cmd], None
+        if self.at("_") and cmd == "\\log" and base is None:  # the base after the power: \log^2_3 x
+            self.take()
+            base = self.parse_arg()
         if self.at("(", "{"):
             arg = self.parse_group(")" if self.take()[1] == "(" else "}")
         else:  # \sin 2x is sin(2x), not (sin 2) x
             factors = [self.parse_power()]
-            while self.peek()[0] in ("num", "id") or self.at("\\pi"):
+            while self.peek()[0] in ("num", "id") or self.at("\\pi") or (
+                    self.peek()[0] == "cmd" and self.peek()[1][1:] in _GREEK):
                 factors.append(self.parse_power())
             arg = factors[0] if len(factors) == 1 else self.node("mul", tuple(factors))
         node = self.node("func", (arg,), cmd)
@@ -496,8 +532,8 @@ class _Parser:
             node = self.node("div", (node, self.node("func", (base,), "\\ln")))
         return node if power is None else self.node("pow", (node, power))
 
-    def parse_sum_operator(self) -> Node:
-        """\\sum_{k=a}^{b} body (body: the following term)."""
+    def parse_big_operator(self, kind: str) -> Node:
+        """\\sum_{k=a}^{b} body or \\prod_{k=a}^{b} body (body: the following term)."""
         self.expect("_")
         self.expect("{")
         var_kind, var = self.take()
@@ -508,7 +544,7 @@ class _Parser:
         self.expect("^")
         high = self.parse_arg()
         body = self.parse_term()
-        return self.node("sum", (low, high, body), var)
+        return self.node(kind, (low, high, body), var)
 
     def parse_matrix(self) -> Node:
         """\\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix} (also bmatrix, vmatrix, array{cc}, ...)."""
@@ -641,6 +677,8 @@ def _canon_relation(node: Node) -> Node:
     if all(op in ("=", "~") for op in ops):
         if _is_label(parts[0]):
             return Node("labeled", (parts[0], _canon_value(parts[-1])))
+        if len(parts) == 2 and _is_label(parts[1]) and not _is_symbolic(parts[0]):  # 5 = x reads x = 5
+            return Node("labeled", (parts[1], _canon_value(parts[0])))
         if "~" in ops:
             return _canon_value(parts[0])
         if all(p.kind in SCALAR_KINDS and not _free_symbols(p) for p in parts):
@@ -697,7 +735,10 @@ def _answer_items(tree: Node) -> tuple[Node, ...]:
         return tuple(_canon_items(tuple(g.args[0] for g in tree.args)))
     if tree.kind == "list" and len(tree.args) == 1:
         tree = tree.args[0]
-    return tuple(_canon_items(tree.args if tree.kind in ("list", "set") else (tree,)))
+    items = _canon_items(tree.args if tree.kind in ("list", "set") else (tree,))
+    if len(items) == 1 and items[0].kind == "labeled" and items[0].args[1].kind == "set":  # x \in \{1, 2\}: 1, 2
+        items = list(items[0].args[1].args)
+    return tuple(items)
 
 
 # =====================================================================================================================
@@ -711,7 +752,7 @@ def _free_symbols(node: Node, bound: frozenset = frozenset()) -> set[str]:
     """Names of the free symbols (e, i and summation variables excluded)."""
     if node.kind == "sym":
         return set() if node.value in ("e", "i") or node.value in bound else {node.value}
-    if node.kind == "sum":
+    if node.kind in ("sum", "prod"):
         low, high, body = node.args
         return _free_symbols(low, bound) | _free_symbols(high, bound) | _free_symbols(body, bound | {node.value})
     out: set[str] = set()
@@ -723,7 +764,7 @@ def _free_symbols(node: Node, bound: frozenset = frozenset()) -> set[str]:
 def _bound_symbols(node: Node) -> set[str]:
     """Symbols used in the bounds of a \\sum: they get integer values at the evaluation points."""
     out: set[str] = set()
-    if node.kind == "sum":
+    if node.kind in ("sum", "prod"):
         out |= _free_symbols(node.args[0]) | _free_symbols(node.args[1])
     for a in node.args:
         out |= _bound_symbols(a)
@@ -845,7 +886,15 @@ class _Evaluator:
         name = node.value
         if name == "\\sqrt":
             return _power(x, Fraction(1, 2))
+        if name in ("\\floor", "\\ceil"):
+            if isinstance(x, complex):
+                if x.imag or not math.isfinite(x.real):
+                    raise _EvalError("floor of a non-real number")
+                x = Fraction(x.real)
+            return Fraction(math.floor(x) if name == "\\floor" else math.ceil(x))
         z = complex(x)
+        if name == "\\lg":
+            return cmath.log10(z)
         if name in ("\\ln", "\\log"):
             return cmath.log(z)  # \log is the natural logarithm; both sides are read the same way
         functions = {
@@ -862,10 +911,14 @@ class _Evaluator:
         return abs(x) if isinstance(x, Fraction) else complex(abs(x))
 
     def ev_fact(self, node):
+        """n! exactly for an integer n; x! = Gamma(x + 1) for a real x (floats, up to 170!)."""
         x = self.ev(node.args[0])
-        if not (isinstance(x, Fraction) and x.denominator == 1 and 0 <= x <= MAX_FACTORIAL):
+        if isinstance(x, Fraction) and x.denominator == 1 and 0 <= x <= MAX_FACTORIAL:
+            return Fraction(math.factorial(int(x)))
+        z = complex(x)
+        if z.imag or z.real > 170:
             raise _EvalError("factorial out of range")
-        return Fraction(math.factorial(int(x)))
+        return complex(math.gamma(z.real + 1))  # ValueError at a pole (-1, -2, ...) -> cannot decide
 
     def ev_binom(self, node):
         n, k = self.ev(node.args[0]), self.ev(node.args[1])
@@ -895,21 +948,28 @@ class _Evaluator:
         return value
 
     def ev_sum(self, node):
+        return self.big_operator(node, Fraction(0), lambda total, term: total + term)
+
+    def ev_prod(self, node):
+        return self.big_operator(node, Fraction(1), lambda product, factor: product * factor)
+
+    def big_operator(self, node, start, combine):
+        """\\sum or \\prod over integer bounds, at most MAX_SUM_TERMS terms."""
         low, high = self.ev(node.args[0]), self.ev(node.args[1])
         if not all(isinstance(v, Fraction) and v.denominator == 1 for v in (low, high)):
             raise _EvalError("non-integer summation bounds")
         if high - low + 1 > MAX_SUM_TERMS:
             raise _EvalError("too many terms")
         saved = self.env.get(node.value)
-        total = Fraction(0)
+        acc = start
         for k in range(int(low), int(high) + 1):
             self.env[node.value] = Fraction(k)
-            total = total + self.ev(node.args[2])
+            acc = combine(acc, self.ev(node.args[2]))
         if saved is None:
             self.env.pop(node.value, None)
         else:
             self.env[node.value] = saved
-        return total
+        return acc
 
 
 def _integer_root(n: int, k: int) -> int | None:
@@ -1041,6 +1101,13 @@ def _scalar_equal(a: Node, b: Node, ctx: _Context) -> bool:
     """Two scalar expressions denote the same number or function (module docstring, step 3)."""
     if _key(a) == _key(b):
         return True
+    try:  # \pm left inside a relation's side
+        alternatives_a, alternatives_b = _expand_pm(a), _expand_pm(b)
+    except ParseError:  # more than MAX_PM_ALTERNATIVES
+        return False
+    if len(alternatives_a) > 1 or len(alternatives_b) > 1:
+        ctx.keep.extend(alternatives_a + alternatives_b)
+        return _sets_equal(alternatives_a, alternatives_b, ctx)
     va, vb = ctx.evaluate(a), ctx.evaluate(b)
     if len(va) != len(vb):  # one side constant, the other not: compare the constant at every point
         va, vb = (va * N_POINTS)[:N_POINTS], (vb * N_POINTS)[:N_POINTS]

@@ -11,6 +11,11 @@ The reward is the only signal RL gets, so the checker is strict where a reward c
 the model to exploit the checker) and generous only where the answer is unambiguous (a false negative hides a rare
 correct solution). This file works on text; `mathexpr.py` reads the maths. In order:
 
+0. Gold answers (`gold_answer`, used by `is_equiv` on its gold side, so every caller benefits): read as datasets write
+   them, the gold's content is what is compared: the last box / group of boxes as in step 1 (a MATH solution, or
+   `\\boxed{1} and \\boxed{-2}`), a box left unclosed at the end, the text after "The answer is" / "final answer is" /
+   "Answer:", or the inside of `$...$`, `$$...$$`, `\\(...\\)`, `\\[...\\]` wrapping the whole gold. `data.check_gold`
+   uses it to find golds that cannot score 1 against themselves.
 1. Extraction (`extract_answer`): the last `\\boxed{...}` / `\\fbox{...}`, braces matched (escaped `\\{` `\\}` skipped),
    after undoing a double escape (`\\\\boxed`, JSON inside JSON). `box_policy`: "last_group" (default) joins the boxes
    right before the last one that only connectors separate from it ("," "and" `\\quad` `$`): `\\boxed{1}, \\boxed{2}`
@@ -18,10 +23,13 @@ correct solution). This file works on text; `mathexpr.py` reads the maths. In or
    only (Qwen2.5-Math, lighteval); "all_agree" takes it only if every box is equivalent to it. `no_box_policy`: "zero"
    (default: the trainer's prompt asks for a box, as in DeepSeek-R1-style rule rewards), "answer_phrase" (the text
    after the last "final answer is" / "answer is" / "answer:", the Minerva format), "last_number" (lenient).
-2. Normalisation (`normalize`), both sides: math delimiters, `\\left`/`\\right`, spacing commands, `\\dfrac` `\\tfrac`
+2. Normalisation (`normalize`), both sides: Unicode maths made LaTeX (`π` `−` `√` `≤` `±` ...; `°` and currency
+   signs dropped), math delimiters, `\\left`/`\\right`, spacing commands, `\\dfrac` `\\tfrac`
    `\\cfrac`, `^\\circ`, `\\%` (and "percent"/"pct"), `\\$`, thousands separators (`1,000`, `1{,}000`, `1,\\!000`,
    `1 000` when the whole answer is that number), trailing unit text (`15\\text{ cm}^2`, `125 miles`), `\\text{...}`
-   unwrapped, bare function names (`sqrt`, `pi`) made commands, a lettered choice `(C)` made `C`.
+   unwrapped, bare function names (`sqrt`, `pi`) made commands, a lettered choice `(C)` made `C`, an ellipsis made
+   `\\dots` (one element: `1, 2, 3, ...` is not `1, 2, 3`), a doubled backslash before a command outside a matrix
+   (`\\\\dfrac`) halved.
 3. Comparison (`is_equiv`): identical normalised answers match. An answer with a word of three or more letters
    ("Evelyn", "odd") is compared as text, case-insensitively, and one the parser cannot read as its normalised string;
    otherwise `mathexpr.equal` compares the parsed maths (its docstring has the rules). `28\\%` also equals `0.28`.
@@ -31,8 +39,9 @@ takes ~1 ms); a SIGALRM timer (CALL_TIME_LIMIT_S; main thread only; nests in an 
 exception inside scores 0.0 and is counted in STATS. `RewardPool` runs a reward in worker processes.
 
 Deliberately left out: unit conversion (`1\\text{ m}` vs `100\\text{ cm}`), `<think>`-aware extraction (the whole
-response is searched), a boxed gold answer (gold answers are bare), Unicode maths (`π`, `≤`: compared as text), a
-tolerance knob, and what mathexpr leaves out (its docstring: no sympy, no `\\alpha`, ...).
+response is searched), a tolerance knob, gold answers in other dataset formats (GSM8K's `#### 42`, a lettered
+choice with its text `(D) Alina`: compared as written), Unicode beyond the table `_UNICODE` (compared as text), and
+what mathexpr leaves out (its docstring: no sympy, no integrals, ...).
 """
 
 from __future__ import annotations
@@ -115,10 +124,11 @@ def extract_answer(response: str, *, box_policy: str = "last_group", no_box_poli
 
 
 def is_equiv(pred: str | None, gold: str | None) -> bool:
-    """Whether an extracted answer equals a gold answer (bare LaTeX or plain text). See the module docstring."""
+    """Whether an extracted answer equals a gold answer. The gold is read with `gold_answer`, so it may be written as
+    datasets write it (boxed, in `$...$`, after "The answer is"); see the module docstring."""
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
-    a, b = _analyse(pred), _analyse(gold)
+    a, b = _analyse(pred), _analyse(gold_answer(gold))
     if not a.items or not b.items:
         return False
     if a.compact == b.compact or mathexpr.equal(a.items, b.items):
@@ -127,6 +137,56 @@ def is_equiv(pred: str | None, gold: str | None) -> bool:
         scaled_a, scaled_b = (_per_hundred(a.items), b.items) if a.percent else (a.items, _per_hundred(b.items))
         return scaled_a is not None and scaled_b is not None and mathexpr.equal(scaled_a, scaled_b)
     return False
+
+
+@lru_cache(maxsize=4096)  # a group of samples shares one gold answer
+def gold_answer(text: str) -> str:
+    """The answer a gold string states, read the way datasets write it (module docstring, step 0):
+
+    >>> gold_answer("so the area is $\\\\boxed{\\\\frac{1}{2}}$."), gold_answer("The answer is $x = 3$.")
+    ('\\\\frac{1}{2}', 'x = 3')
+    >>> gold_answer("\\\\(\\\\sqrt{2}\\\\)"), gold_answer("$1$ and $2$"), gold_answer("\\\\text{Evelyn}")
+    ('\\\\sqrt{2}', '$1$ and $2$', '\\\\text{Evelyn}')
+    """
+    s = text.strip()
+    boxed = extract_answer(s)  # the last box, or the last group of boxes ("\\boxed{1} and \\boxed{-2}": "1, -2")
+    if boxed is None:
+        boxed = _unclosed_last_box(s)
+    if boxed is not None:
+        return boxed.strip()
+    if _GOLD_PHRASE_RE.search(s[-TAIL_CHARS:]):
+        s = _answer_after_phrase(s) or s
+    return _strip_math_delimiters(s)
+
+
+# A gold answer that states itself: "The answer is 5", "Answer: 5", "the final answer is $5$".
+_GOLD_PHRASE_RE = re.compile(r"(?i)\b(?:final answer is|answer is|answer:)")
+_MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def _unclosed_last_box(text: str) -> str | None:
+    """What follows the last box command when its brace is never closed (a truncated gold string), else None."""
+    start, command = max((text.rfind(c + "{"), c) for c in _BOX_COMMANDS)
+    if start < 0:
+        return None
+    rest = text[start + len(command) + 1 :]
+    return rest if _match_brace("{" + rest, 0, MAX_ANSWER_CHARS + 2) < 0 and rest.strip() else None
+
+
+def _strip_math_delimiters(s: str) -> str:
+    """`$x$`, `$$x$$`, `\\(x\\)`, `\\[x\\]` (and a sentence's full stop after them) -> `x`, when one pair wraps the
+    whole answer; `$1$ and $2$` is left whole (normalisation removes the dollars)."""
+    for _ in range(2):  # "$\\(x\\)$"
+        trimmed = s.rstrip(" .")
+        for opener, closer in _MATH_DELIMITERS:
+            inner = trimmed[len(opener) : -len(closer)]
+            if (len(trimmed) > len(opener) + len(closer) and trimmed.startswith(opener) and trimmed.endswith(closer)
+                    and opener not in inner and closer not in inner):
+                s = inner.strip()
+                break
+        else:
+            return s
+    return s
 
 
 def _check_policies(box_policy: str, no_box_policy: str) -> None:
@@ -218,7 +278,7 @@ def _answer_after_phrase(text: str) -> str | None:
     if not ends:
         return None
     rest = tail[max(ends):].lstrip(" :\n\t")
-    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    for opener, closer in _MATH_DELIMITERS:
         if rest.startswith(opener):
             end = rest.find(closer, len(opener))
             return rest[len(opener) : end] if end > 0 else None
@@ -228,6 +288,15 @@ def _answer_after_phrase(text: str) -> str | None:
 
 
 # -- Normalisation -----------------------------------------------------------------------------------------------------
+# Unicode maths as models and datasets write it, made LaTeX (π, −, √, ≤, ...); currency signs and ° are dropped.
+_UNICODE = {
+    "\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u22c5": "\\cdot ", "\u00b7": "\\cdot ", "\u00f7": "\\div ",
+    "\u2264": "\\le ", "\u2265": "\\ge ", "\u2260": "\\ne ", "\u2248": "\\approx ", "\u03c0": "\\pi ",
+    "\u221e": "\\infty ", "\u221a": "\\sqrt ", "\u00b1": "\\pm ", "\u222a": "\\cup ", "\u2208": "\\in ",
+    "\u00b0": "", "\u00b2": "^2", "\u00b3": "^3", "\u20ac": "", "\u00a3": "", "\u00a5": "", "\uff0c": ",",
+    "\u00a0": " ",
+}
+_DOUBLED_COMMAND_RE = re.compile(r"(?<!\\)\\\\(?=(?:[dtc]?frac|sqrt|pi|infty|cdot|times|text)(?![A-Za-z]))")
 _TEXT_COMMANDS = ("text|textnormal|textrm|textup|textbf|textit|textsf|texttt|mbox|hbox|mathrm|mathbf|mathit|mathsf"
                   "|mathtt|mathnormal|mathbb|mathcal|operatorname|boldsymbol|bm")
 _TEXT_RE = re.compile(r"\\(?:" + _TEXT_COMMANDS + r")\s*\{([^{}]*)\}")
@@ -246,7 +315,13 @@ _THOUSANDS_SPACE_RE = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 
 def normalize(answer: str) -> tuple[str, bool]:
     """Canonical LaTeX-ish string of an answer, and whether it carried a percent sign. See the module docstring."""
-    s = answer.strip().replace("\\$", " ").replace("$", " ")
+    s = answer.strip()
+    for char, replacement in _UNICODE.items():
+        if char in s:
+            s = s.replace(char, replacement)
+    s = s.replace("\\$", " ").replace("$", " ")
+    if "&" not in s:  # outside a matrix, "\\\\dfrac" is a doubled escape, not a row break before the word "dfrac"
+        s = _DOUBLED_COMMAND_RE.sub(r"\\", s)
     s = re.sub(r"\\[()\[\]]", " ", s)
     s = re.sub(r"\\(?:left|right)\s*\.", " ", s)
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?)(?![A-Za-z])", "", s)
@@ -268,7 +343,8 @@ def normalize(answer: str) -> tuple[str, bool]:
     s = _strip_trailing_units(s)
     s = _FUNCTION_WORDS_RE.sub(r"\\\1", s)
     s = re.sub(r"(?<![A-Za-z])(?:infinity|inf)(?![A-Za-z])", r"\\infty", s)
-    s = s.strip().rstrip(".").strip()
+    s = re.sub(r"\.\.\.|\u2026", r"\\dots ", s)  # an ellipsis is an element ("1, 2, 3, ..." is not 1, 2, 3)
+    s = re.sub(r"(?<![.\\])\.$", "", s.strip()).strip()  # a sentence's full stop
     choice = _CHOICE_RE.fullmatch(s)
     if choice:
         s = choice.group(1) or choice.group(2)

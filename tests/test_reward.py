@@ -481,3 +481,30 @@ def test_a_shift_by_one_is_seen_at_large_complex_magnitude():
     at such a magnitude proves nothing, so it counts as "different" (mathexpr.LARGE_FLOAT)."""
     a = "\\sqrt{\\sin(\\sqrt{(0-5710)})}"
     assert not reward.is_equiv(f"({a}) + 1", a)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What 9bf36c8 removed and issue 23 brought back (public graders read these as maths), each with a near miss
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("pred, gold, expected", [
+    ("\\alpha + \\beta", "\\beta+\\alpha", True), ("2\\alpha", "\\alpha", False),
+    ("\\sin 2\\theta", "2\\sin\\theta\\cos\\theta", True), ("\\frac{\\pi}{\\omega}", "\\frac{\\pi}{\\mu}", False),
+    ("\\lfloor 3.7 \\rfloor", "3", True), ("\\lceil 3.2 \\rceil", "3", False),
+    ("\\prod_{k=1}^{4} k", "24", True), ("\\prod_{k=1}^{4} k", "10", False),
+    ("\\lg 100", "2", True), ("\\lg 100", "\\ln 100", False),
+    ("\\lvert -3 \\rvert", "3", True), ("\\vert x \\vert", "|x|", True), ("\\|v\\|", "|v|", True),
+    ("\\vert x \\vert", "x", False),
+    ("\\overline{AB}", "\\overline{AB}", True), ("\\overline{AB}", "\\overline{AC}", False),
+    ("1, 2, \\dots", "1, 2, \\ldots", True), ("1, 2, 3", "1, 2, 3, \\dots", False), ("1, 2, 3", "1, 2, 3, ...", False),
+    ("f(x)'", "f(x)'", True), ("f(x)'", "f(x)", False),
+    ("\\log^{2}_3 9", "4", True), ("\\log^{2}_3 9", "2", False),
+    ("(1/2)!", "\\frac{\\sqrt{\\pi}}{2}", True), ("(1/2)!", "\\frac{1}{2}", False),
+    ("5 = x", "x = 5", True), ("5 = x", "5", True), ("6 = x", "5", False),
+    ("x \\in \\{1, 2\\}", "1, 2", True), ("x \\in \\{1, 2\\}", "1", False),
+    ("x^2 = 1 \\pm \\sqrt{2}", "x^2 = 1 \\mp \\sqrt{2}", True), ("x^2 = 1 \\pm \\sqrt{2}", "x^2 = 1 + \\sqrt{2}", False),
+    ("π", "\\pi", True), ("−3", "-3", True), ("x ≤ 2", "x \\le 2", True), ("√2", "\\sqrt2", True),
+    ("3 ± 1", "2, 4", True), ("π", "3.14", False), ("x ≤ 2", "x < 2", False),
+    ("\\\\dfrac{1}{2}", "0.5", True), ("\\\\dfrac{1}{2}", "2", False),  # a doubled escape outside a matrix
+])
+def test_restored_notation(pred, gold, expected):
+    assert is_equiv(pred, gold) is expected
