@@ -129,17 +129,19 @@ def get_field(row: dict, dotted: str):
 
 def load_problems(source: str, split: str | None = None, problem: str = "problem", answer: str = "answer",
                   solution: str = "solution", id: str = "id", limit: int | None = None,
-                  strict: bool | None = None) -> list[Problem]:
+                  strict: bool | None = None, bad_gold: str = "stop") -> list[Problem]:
     """Problems from a dataset name in `DATASETS`, a local .jsonl / .parquet file, or any Hub id.
 
     Column names map the source onto `Problem` (a name in `DATASETS` brings its own). A row without problem or
     answer raises `DataError` naming the file/row and field when `strict` (the default for local files); otherwise
     (the default for Hub datasets) such rows are skipped and reported by count with an example id, never silently.
+    Every gold answer is then checked (`check_gold`): one the reward cannot be earned on stops the load, or with
+    `bad_gold="drop"` is dropped with a warning.
     """
     spec = dict(DATASETS.get(source, {}))
     if source.endswith(".jsonl"):
         problems = load_jsonl(source, problem, answer, solution, id)
-        return problems[:limit]
+        return check_gold(problems[:limit], bad_gold, source)
     import datasets  # imported here: loading a local JSONL file needs no pyarrow
 
     keep = spec.pop("keep", None)
@@ -170,7 +172,7 @@ def load_problems(source: str, split: str | None = None, problem: str = "problem
         print(f"warning: {source}: skipped {len(bad)} rows without a usable problem/answer, e.g. {bad[0]}")
     if not problems:
         raise DataError(f"{source}: no usable rows (columns used: problem={problem!r}, answer={answer!r})")
-    return problems
+    return check_gold(problems, bad_gold, source)
 
 
 BAD_GOLD_POLICIES = ("stop", "drop")

@@ -85,6 +85,8 @@ class EvalConfig:
     max_new_tokens: int = opt(16_000, "completion budget per sample (POPE authors' eval sampler)")
     max_model_len: int = opt(0, "vLLM context; 0 = the longest prompt + --max-new-tokens")
     limit: int = opt(0, "evaluate only the first this many problems of each benchmark (0 = all)")
+    bad_gold: str = opt("stop", "a problem whose gold answer scores 0 against itself boxed: stop naming file:row, or "
+                        "drop it with a warning (it would count as unsolved)", choices=list(data.BAD_GOLD_POLICIES))
     samples_per_call: int = opt(4096, "samples per vLLM generate call (whole problems, at least one): bounds host "
                                 "memory at large n, while keeping the engine's batch full")
     seed: int = opt(0, "seeds every problem's samples (see the module docstring)")
@@ -200,7 +202,7 @@ def gather_rows(local: np.ndarray, world: int) -> np.ndarray:
     return unshard(parts)
 
 
-def load_benchmark(name: str, limit: int = 0) -> list[data.Problem]:
+def load_benchmark(name: str, limit: int = 0, bad_gold: str = "stop") -> list[data.Problem]:
     """The problems of a benchmark: a name in data.DATASETS, a local .jsonl/.parquet file, or a Hub id org/name."""
     local_file = name.endswith((".jsonl", ".parquet"))
     hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
@@ -208,7 +210,7 @@ def load_benchmark(name: str, limit: int = 0) -> list[data.Problem]:
         raise ConfigError(f"unknown benchmark {name!r}: use a name in data.DATASETS ({', '.join(data.DATASETS)}), "
                           "a .jsonl/.parquet file, or a Hub dataset id org/name")
     try:
-        return data.load_problems(name, limit=limit or None)
+        return data.load_problems(name, limit=limit or None, bad_gold=bad_gold)
     except OSError as e:  # the Hub: ConnectionError when offline, FileNotFoundError for an unknown id
         raise data.DataError(f"{name}: could not load it from the Hub ({str(e).splitlines()[0]})") from None
 
@@ -237,7 +239,7 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
     names = list(dict.fromkeys(b.strip() for b in cfg.benchmarks.split(",") if b.strip()))
     if not names:
         raise ConfigError("--benchmarks is empty: name at least one (e.g. aime-2025)")
-    problems = {name: load_benchmark(name, cfg.limit) for name in names}
+    problems = {name: load_benchmark(name, cfg.limit, cfg.bad_gold) for name in names}
     rank, world, device = init_distributed(cfg.dist_timeout_minutes)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     prompts = {name: [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in ps] for name, ps in problems.items()}

@@ -72,8 +72,12 @@ KL_CHOICES = ["reverse-k2", "reverse-exact", "forward-k3", "forward-exact"]  # `
 
 @dataclass
 class Config:
-    # what to train on (system_prompt first: the `data` field below shadows the module inside this class body)
+    # what to train on (system_prompt and bad_gold first: the `data` field below shadows the module inside this
+    # class body)
     system_prompt: str = opt(data.DEFAULT_SYSTEM_PROMPT, "system turn of every prompt ('' for none)")
+    bad_gold: str = opt("stop", "a problem whose gold answer scores 0 against itself boxed (no response could earn "
+                        "reward on it): stop the run naming file:row, or drop it with a warning",
+                        choices=list(data.BAD_GOLD_POLICIES))
     model: str = opt("", "HF model id or local folder (policy, reference, and the vLLM engine's starting weights)")
     data: str = opt("", "problems: a .jsonl/.parquet file with 'problem' and 'answer' columns, or a dataset name "
                     "from data.DATASETS (e.g. omni-math, dapo-math-17k, pope-hard)")
@@ -933,12 +937,12 @@ def run(cfg: Config) -> list[dict]:
     if not cfg.data:
         raise ConfigError("--data is required: a JSONL/parquet file with 'problem' and 'answer', or a name in "
                           f"data.DATASETS ({', '.join(data.DATASETS)})")
-    problems = data.load_problems(cfg.data)
+    problems = data.load_problems(cfg.data, bad_gold=cfg.bad_gold)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     eval_prompts = None
     if cfg.eval_data:
         eval_prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt)
-                        for p in evaluate.load_benchmark(cfg.eval_data)]
+                        for p in evaluate.load_benchmark(cfg.eval_data, bad_gold=cfg.bad_gold)]
     return train(cfg, [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems], eval_prompts=eval_prompts)
 
 

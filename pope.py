@@ -265,7 +265,7 @@ def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[di
     check_model_path(cfg.model)
     rank, world, _ = init_distributed(cfg.dist_timeout_minutes)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    problems = data.load_problems(cfg.data, limit=cfg.data_limit or None)
+    problems = data.load_problems(cfg.data, limit=cfg.data_limit or None, bad_gold=cfg.bad_gold)
     context = engine_context(cfg, tokenizer, problems)
     if engine is not None and engine.max_model_len < context:
         raise ConfigError(f"the engine's context {engine.max_model_len} is shorter than the {context} tokens mining "
@@ -286,7 +286,8 @@ def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[di
         k=cfg.prefix_k, temperature=cfg.temperature, max_tokens=cfg.prefix_max_tokens,
         max_fraction=cfg.prefix_max_fraction, n_candidates=cfg.prefix_candidates, template=cfg.guided_template,
         fallback=cfg.prefix_fallback, seed=cfg.seed, system_prompt=cfg.system_prompt, rank=rank, world=world)
-    easy = data.load_problems(cfg.easy_data, limit=cfg.easy_limit or None) if cfg.easy_data else []
+    easy = (data.load_problems(cfg.easy_data, limit=cfg.easy_limit or None, bad_gold=cfg.bad_gold)
+            if cfg.easy_data else [])
     prompts = training_set(tokenizer, hard, prefixes, cfg, easy)
     eval_prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in hard[:cfg.eval_limit or None]]
     if rank == 0:

@@ -30,8 +30,8 @@ readable): the forward KL in place of the reverse KL, the entropy bonus, the ref
 with phi monotone in the reward, the GRPO surrogate otherwise unchanged, Qwen2.5-3B/7B base models with no SFT, and
 SimpleRL-Zoo's 8K training problems. This project's choices, where the paper's values were NOT FOUND: phi linear in
 the reward with phi_min = 0.5 on the reference's nucleus, phi from the sample's own reward (its group's mean is
---ref-phi-source group-mean), the KL per token (a per-sequence ratio is a product of token ratios and explodes), the KL exact over the vocabulary
-at each visited position (its gradient is the true forward-KL gradient there; the paper's sampled value estimate
+--ref-phi-source group-mean), the KL per token (a per-sequence ratio is a product of token ratios and explodes),
+the KL exact over the vocabulary at each visited position (its gradient is the true forward-KL gradient there; the paper's sampled value estimate
 w log w - w + 1 has a biased gradient as a loss, so the sampled option is --kl forward-k3, whose gradient is the
 forward KL's, see grpo.kl_term), alpha = beta = 1e-3, and SimpleRL-Zoo's recipe for everything else (group 8,
 lr 5e-7, clip 0.2, 1024 prompts per step in 4 minibatches, 8192 tokens, temperature 1, reverse-KL 1e-4).

@@ -14,6 +14,8 @@ import reward
 from common import DataError
 from reward import gold_answer, math_reward
 
+ROOT = Path(__file__).resolve().parents[1]
+
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_cases.jsonl"
 
 
@@ -145,3 +147,20 @@ def test_heldout_at_least_as_accurate_as_math_verify():
     theirs = score([mv(c["response"], c["gold"]) for c in cases], cases)
     assert ours["true"] + ours["false"] >= theirs["true"] + theirs["false"], (ours, theirs)
     assert ours["false_positives"] <= theirs["false_positives"], (ours, theirs)
+
+
+def test_the_trainer_stops_on_a_bad_gold_answer_in_one_line(tiny_model, tmp_path):
+    """--bad-gold, wired: `grpo.py --data` with a row whose gold no response can match stops before anything is
+    loaded, naming the file and line; --bad-gold drop trains on the rest (checked up to the load, not the run)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "?", "answer": "\\\\boxed{}"}\n')
+    result = subprocess.run([sys.executable, str(ROOT / "grpo.py"), "--model", tiny_model, "--data", str(path)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "train.jsonl:2" in lines[0] and "--bad-gold drop" in lines[0], lines[0]
+    kept = data.load_problems(str(path), bad_gold="drop")
+    assert [p.answer for p in kept] == ["2"]
