@@ -38,10 +38,34 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a step prints the bar,
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 import logging
+import warnings
 
 import torch
 from torch.distributed.tensor import DTensor
 from vllm import LLM, SamplingParams
+
+
+# vLLM's CPU start-up notices that ask nothing of the user, by the logger that emits them: each describes a setting
+# this file chose on purpose (the seed, no chunked prefill, eager mode), a CPU-build fact (triton uninstalled, as the
+# install requires; no SSM model; no tcmalloc/iomp preload, a speed tip for large CPU runs), thread binding's
+# "skip it" (five times an engine), or a second engine in one process (its own variable, its kernels re-registered).
+# Every other warning still shows.
+CPU_NOTICES = {
+    "vllm.engine.arg_utils": ("The global random seed is set to", "does not officially support disabling chunked"),
+    "vllm.config.vllm": ("Enforce eager set", "Inductor compilation was disabled"),
+    "vllm.platforms.cpu": ("Triton is not installed", "Reset SSM cache type"),
+    "vllm.v1.worker.cpu_worker": ("is not found in LD_PRELOAD", "doesn't allow to use `torch.set_num_threads`"),
+    "vllm.platforms.interface": ("Unknown vLLM environment variable detected: VLLM_DIST_IDENT",),
+    "vllm.triton_utils.dispatcher": ("is already registered. Overwriting",),
+}
+
+
+def _quiet_cpu_notices() -> None:
+    for name, notices in CPU_NOTICES.items():  # a logger's own filter: vLLM's dictConfig replaces its handlers
+        logging.getLogger(name).addFilter(
+            lambda record, notices=notices: not any(n in record.getMessage() for n in notices))
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)  # "Triton not available"
+    warnings.filterwarnings("ignore", message=".*torch.distributed.reduce_op.*", category=FutureWarning)  # in vLLM
 
 
 @dataclass
@@ -71,6 +95,8 @@ class Engine:
         # in-place reloader counts it as a weight that did not arrive ("RotaryEmbedding: Failed to load weights").
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
             lambda record: "RotaryEmbedding: Failed to load weights" not in record.getMessage())
+        if not torch.cuda.is_available():
+            _quiet_cpu_notices()
         if not torch.cuda.is_available() and kv_cache_bytes is None:
             kv_cache_bytes = 64 << 20  # CPU: a small explicit KV cache starts in ~2 s; 1 GiB takes ~18 s
         kwargs = dict(kv_cache_memory_bytes=kv_cache_bytes) if kv_cache_bytes else {}
@@ -84,7 +110,9 @@ class Engine:
         self.llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode,
                        enable_prefix_caching=True,  # the n samples of a prompt share its KV
-                       logprobs_mode="processed_logprobs", enforce_eager=not torch.cuda.is_available(), **kwargs)
+                       logprobs_mode="processed_logprobs", enforce_eager=not torch.cuda.is_available(),
+                       use_tqdm_on_load=torch.cuda.is_available(),  # a bar for a 4 B model's shards, not a toy's
+                       **kwargs)
         self.max_model_len = max_model_len
         self.dtype = self.llm.llm_engine.model_config.dtype  # what the engine computes in, and the sync sends
 
