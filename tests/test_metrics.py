@@ -258,20 +258,21 @@ def fake_train(calls: list):
 
 def test_toy_comparison_gives_every_arm_at_least_popes_rollouts_prefix_search_included(toy_tokenizer, tmp_path,
                                                                                        monkeypatch):
-    """2 hard problems, 2 steps x 2 prompts; POPE's group 2; k = 2 per prefix candidate. Nothing is ever correct, so
+    """2 hard problems, 2 steps x 3 prompts; POPE's group 2; k = 2 per prefix candidate. Nothing is ever correct, so
     the search tries all 4 candidates (3, 7, 10, 14 of 17 lines) of both problems: 2 x 4 x 2 = 16 rollouts of 5
-    tokens = 80 tokens. POPE's budget: 16 + 2 x 2 x 2 = 24 rollouts, so GRPO's group is ceil(24 / (2 x 2)) = 6.
-        grpo: 2 x 2 x 6 = 24 rollouts, 3 x 24 = 72 tokens
-        pope: 2 x 2 x 2 = 8 in training + 16 searched = 24 rollouts, 3 x 8 + 80 = 104 tokens"""
+    tokens = 80 tokens. POPE's budget: 16 + 2 x 3 x 2 = 28 rollouts, so GRPO's group is ceil(28 / (2 x 3)) = 5
+    (rounded up: 4 would give it fewer rollouts than POPE).
+        grpo: 2 x 3 x 5 = 30 rollouts (>= 28), 3 x 30 = 90 tokens
+        pope: 2 x 3 x 2 = 12 in training + 16 searched = 28 rollouts, 3 x 12 + 80 = 116 tokens"""
     calls = []
     monkeypatch.setattr(grpo, "train", fake_train(calls))
-    cfg = toy_compare.ToyConfig(out_dir=str(tmp_path), n_hard=2, arms="grpo,pope", steps=2, prompts_per_step=2,
+    cfg = toy_compare.ToyConfig(out_dir=str(tmp_path), n_hard=2, arms="grpo,pope", steps=2, prompts_per_step=3,
                                 group_size=2, eval_every=2, eval_k=2, prefix_k=2)
     engine = ScriptedEngine(text=lambda ids, i: "no answer", length=lambda i, call: 5)
     results = toy_compare.run_seed(cfg, ["grpo", "pope"], engine, toy_tokenizer, seed=0)
-    assert [c.group_size for c in calls] == [6, 2]
+    assert [c.group_size for c in calls] == [5, 2]
     assert {arm: (results[arm]["group_size"], results[arm]["rollouts"], results[arm]["sampled_tokens"])
-            for arm in ("grpo", "pope")} == {"grpo": (6, 24, 72), "pope": (2, 24, 104)}
+            for arm in ("grpo", "pope")} == {"grpo": (5, 30, 90), "pope": (2, 28, 116)}
     assert results["grpo"]["clip_frac"] == pytest.approx(0.15)  # the largest over steps of pos + neg: 0.1 + 0.05
     assert results["base"]["final"]["solvable"] == 0.0 and results["pope"]["final"]["solvable"] == 0.5
 
