@@ -103,7 +103,8 @@ def test_tiny_model_evaluation_writes_json_and_png(tiny_model, engine, tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     prompts = [data.make_prompt(tokenizer, p) for p in data.load_problems(bench)]
     pool = evaluate.reward.RewardPool(0, 10.0)
-    common = dict(n=4, temperature=0.8, max_tokens=8, seed=7, top_p=0.95, top_k=50)
+    common = dict(n=4, temperature=0.8, max_tokens=8, seed=7, stage=evaluate.BENCHMARK, round_index=0, top_p=0.95,
+                  top_k=50)
     whole = evaluate.sample_scores(engine, pool, text_parity, prompts, **common)
     shards = [evaluate.sample_scores(engine, pool, text_parity, prompts, rank=r, world=2, **common) for r in (0, 1)]
     assert shards[0].shape == (3, 4) and shards[1].shape == (2, 4)
