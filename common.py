@@ -62,7 +62,9 @@ def parse_config(cls, argv=None, **defaults):
 
 
 def check_model_path(model: str) -> None:
-    """Fail early, in one line, on a --model that is neither a local folder nor a Hub id like 'org/name'."""
+    """Fail early, in one line, on a --model that is neither a local folder nor a model on the Hub (or, offline, in
+    the local Hugging Face cache). A Hub id's config.json is fetched here (offline: looked up in the cache, at once),
+    so an unknown id ends in one line instead of a library's traceback after the first model load."""
     if not model:
         raise ConfigError("--model is required (a local HF folder or a Hub id such as Qwen/Qwen3-4B-Instruct-2507)")
     if Path(model).exists():
@@ -71,6 +73,22 @@ def check_model_path(model: str) -> None:
         return
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ConfigError(f"--model {model}: no such folder, and not a Hub id of the form org/name")
+    import huggingface_hub  # here: only a Hub id needs it
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        huggingface_hub.hf_hub_download(model, "config.json")
+    except LocalEntryNotFoundError:  # offline or the Hub unreachable, and not cached (a subclass of EntryNotFound)
+        where = ("offline: HF_HUB_OFFLINE=1" if huggingface_hub.constants.is_offline_mode() else
+                 "the Hub was not reachable")
+        raise ConfigError(f"--model {model}: not a local folder, and not in the local Hugging Face cache ({where}); "
+                          f"download it first with `hf download {model}` (where the Hub is reachable) or pass a local "
+                          "folder") from None
+    except RepositoryNotFoundError:  # GatedRepoError too
+        raise ConfigError(f"--model {model}: not a local folder, and not a model on the Hub (or a private or gated "
+                          "one: log in with `hf auth login`); check the id or pass a local folder") from None
+    except EntryNotFoundError:
+        raise ConfigError(f"--model {model}: the Hub repo has no config.json (not a Hugging Face model)") from None
 
 
 def compute_dtype(name: str) -> torch.dtype:

@@ -212,7 +212,7 @@ def load_benchmark(name: str, limit: int = 0) -> list[data.Problem]:
                           "a .jsonl/.parquet file, or a Hub dataset id org/name")
     try:
         return data.load_problems(name, limit=limit or None)
-    except OSError as e:  # the Hub: ConnectionError when offline, FileNotFoundError for an unknown id
+    except OSError as e:  # any other Hub failure (load_problems names an unknown or uncached dataset itself)
         raise data.DataError(f"{name}: could not load it from the Hub ({str(e).splitlines()[0]})") from None
 
 

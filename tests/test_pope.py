@@ -219,6 +219,14 @@ def pope_cli(tiny_model, tmp_path, *flags) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
+def test_an_unknown_hub_model_gives_one_clear_error_line():
+    with pytest.raises(SystemExit) as exit_info:
+        pope.main(["--model", "nosuch/model"])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: --model nosuch/model: not a local folder") and "\n" not in message, message
+    assert "hf download nosuch/model" in message, message
+
+
 def test_mining_gets_the_context_its_budget_needs(tiny_model, tmp_path):
     """--mine with a budget longer than the training context (the authors' 32k vs 20k; here 700 tokens after a
     45-token prompt, vs 600): the engine is sized for mining, so the random model's mining samples can run to 700."""
