@@ -4,7 +4,7 @@ Everything here runs offline on a CPU and produces real Hugging Face folders tha
 so the trainer's GPU code path is the one exercised on a laptop.
 
 The task ("counter registers"). Four registers a, b, c, d hold one digit each; k steps, named by consecutive letters,
-each add 1 (mod 10, no carry) to the next register in turn; the answer is the final state. The oracle solution writes
+each add 8 (mod 10, no carry) to the next register in turn; the answer is the final state. The oracle solution writes
 one line per step ("step/last step register: state after it"), then the boxed answer:
 
     >>> import random
