@@ -6,6 +6,7 @@
     cfg = parse_config(Config, ["--lr", "3e-6"])          # Config(lr=3e-06)
 
     rank, world, device = init_distributed()              # (0, 1, cpu) without torchrun
+    seed = stage_seed(0, PREFIX, 2, 7)                    # problem 7's request seed in round 2 of POPE's prefix search
     totals = reduce_sums({"correct": 3.0, "n": 8.0}, device)   # summed over ranks (a no-op in one process)
 
 Deliberately small: no config files, no registries. A script's config is one dataclass; its help text is the
@@ -66,7 +67,9 @@ def parse_config(cls, argv=None, **defaults):
 
 
 def check_model_path(model: str) -> None:
-    """Fail early, in one line, on a --model that is neither a local folder nor a Hub id like 'org/name'."""
+    """Fail early, in one line, on a --model that is neither a local folder nor a model on the Hub (or, offline, in
+    the local Hugging Face cache). A Hub id's config.json is fetched here (offline: looked up in the cache, at once),
+    so an unknown id ends in one line instead of a library's traceback after the first model load."""
     if not model:
         raise ConfigError("--model is required (a local HF folder or a Hub id such as Qwen/Qwen3-4B-Instruct-2507)")
     if Path(model).exists():
@@ -75,6 +78,22 @@ def check_model_path(model: str) -> None:
         return
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ConfigError(f"--model {model}: no such folder, and not a Hub id of the form org/name")
+    import huggingface_hub  # here: only a Hub id needs it
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        huggingface_hub.hf_hub_download(model, "config.json")
+    except LocalEntryNotFoundError:  # offline or the Hub unreachable, and not cached (a subclass of EntryNotFound)
+        where = ("offline: HF_HUB_OFFLINE=1" if huggingface_hub.constants.is_offline_mode() else
+                 "the Hub was not reachable")
+        raise ConfigError(f"--model {model}: not a local folder, and not in the local Hugging Face cache ({where}); "
+                          f"download it first with `hf download {model}` (where the Hub is reachable) or pass a local "
+                          "folder") from None
+    except RepositoryNotFoundError:  # GatedRepoError too
+        raise ConfigError(f"--model {model}: not a local folder, and not a model on the Hub (or a private or gated "
+                          "one: log in with `hf auth login`); check the id or pass a local folder") from None
+    except EntryNotFoundError:
+        raise ConfigError(f"--model {model}: the Hub repo has no config.json (not a Hugging Face model)") from None
 
 
 def compute_dtype(name: str) -> torch.dtype:
@@ -116,6 +135,26 @@ def request_seed(*parts: int) -> int:
     True
     """
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
+
+
+# The request-seed streams of sampling outside the training rollouts (those are request_seed(seed, step, prompt
+# index)): POPE's hardness filter and prefix search, the trainer's periodic solvability eval, evaluate.py's benchmarks.
+MINING, PREFIX, EVAL, BENCHMARK = 1, 2, 3, 4
+
+
+def stage_seed(seed: int, stage: int, round_index: int, problem_index: int) -> int:
+    """The request seed of problem `problem_index` in round `round_index` of a sampling `stage` (MINING, PREFIX, EVAL,
+    BENCHMARK). The problem index is its position in the stage's full problem list, so its seed depends neither on the
+    batching nor on the rank; the round is the prefix search's candidate, the training step or a benchmark's name hash.
+
+    Distinct (stage, round, problem) give distinct, far-apart seeds (vLLM seeds a request's n samples seed + 0 .. n-1).
+    The stage goes last, and is never 0: numpy's SeedSequence ignores trailing zeros, so request_seed(s, a, b, 0) is
+    request_seed(s, a, b), the seed of a training rollout.
+
+    >>> stage_seed(0, PREFIX, 1, 0) != stage_seed(0, PREFIX, 0, 1) != request_seed(0, 1, 0)
+    True
+    """
+    return request_seed(seed, round_index, problem_index, stage)
 
 
 @contextmanager

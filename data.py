@@ -153,7 +153,20 @@ def load_problems(source: str, split: str | None = None, problem: str = "problem
         strict = True if strict is None else strict
     else:
         path = spec.pop("path", source)
-        rows = datasets.load_dataset(path, split=split or spec.pop("split", "train"), **spec)
+        try:
+            rows = datasets.load_dataset(path, split=split or spec.pop("split", "train"), **spec)
+        except datasets.exceptions.DatasetNotFoundError:  # the Hub answered: no such (public) dataset
+            raise DataError(f"{source}: not a .jsonl/.parquet file, not a name in data.DATASETS "
+                            f"({', '.join(DATASETS)}), and no dataset {path} on the Hub (or a private or gated one: "
+                            "log in with `hf auth login`); check the name or pass a local file") from None
+        except ConnectionError:  # offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE) or the Hub unreachable, uncached
+            where = ("offline: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set" if datasets.config.HF_HUB_OFFLINE
+                     else "the Hub was not reachable")
+            what = f"the Hub dataset {path}" if source in DATASETS else (
+                f"not a .jsonl/.parquet file, not a name in data.DATASETS ({', '.join(DATASETS)}), and the Hub "
+                f"dataset {path}")
+            raise DataError(f"{source}: {what} is not in the local Hugging Face cache ({where}); load it once where "
+                            "the Hub is reachable (it is cached then) or pass a local .jsonl/.parquet file") from None
         strict = False if strict is None else strict
     problems, bad = [], []
     for i, row in enumerate(rows):

@@ -30,8 +30,8 @@ Where the protocol comes from:
   hard set); or a local .jsonl/.parquet file with 'problem' and 'answer'; or a Hub id org/name.
 - Prompts: unguided (POPE tests the hard set unguided, §2.9), the training system prompt and the model's chat template
   (data.make_prompt). A sample is correct when reward.py's binary math reward is positive (§1.8).
-- Seeds: problem i of a benchmark is seeded from (--seed, crc32 of the benchmark's name, i), so its samples depend
-  neither on how many ranks share the work nor on which other benchmarks run alongside it.
+- Seeds: problem i of a benchmark is seeded common.stage_seed(--seed, BENCHMARK, crc32 of the benchmark's name, i),
+  so its samples depend neither on how many ranks share the work nor on which other benchmarks run alongside it.
 
 Data parallel under torchrun: rank r samples prompts[r::world] with its own vLLM engine and rank 0 gathers the rows
 and writes the results JSON (per benchmark: pass@k; per problem: id, n, c, pass@k and every sample's score, so tables
@@ -62,8 +62,8 @@ from transformers import AutoTokenizer
 
 import data
 import reward
-from common import (ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors, opt, parse_config,
-                    reduce_sums, request_seed)
+from common import (BENCHMARK, EVAL, ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors, opt,
+                    parse_config, reduce_sums, stage_seed)
 from rollout import Engine
 
 
@@ -148,12 +148,13 @@ def summarize(problems: list[data.Problem], scores: np.ndarray, ks: list[int], r
 
 
 def sample_scores(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: list[data.Prompt], n: int,
-                  temperature: float, max_tokens: int, seed: int, rank: int = 0, world: int = 1, top_p: float = 1.0,
-                  top_k: int = 0, samples_per_call: int = 4096, progress: bool = False) -> np.ndarray:
+                  temperature: float, max_tokens: int, seed: int, stage: int, round_index: int, rank: int = 0,
+                  world: int = 1, top_p: float = 1.0, top_k: int = 0, samples_per_call: int = 4096,
+                  progress: bool = False) -> np.ndarray:
     """Rewards of n samples of each of this rank's prompts, prompts[rank::world]: an array [P_local, n].
 
     `reward_fn(text, prompt) -> float` runs in `pool`. Prompt i (its index in the full list) is sampled with the
-    request seed request_seed(seed, i), whatever the number of ranks. Prompts go to vLLM a few at a time, about
+    request seed common.stage_seed(seed, stage, round_index, i), whatever the number of ranks. Prompts go to vLLM a few at a time, about
     `samples_per_call` samples per call, so at n = 2048 the completions of only a couple of problems are held.
     """
     mine = list(range(rank, len(prompts), world))
@@ -162,7 +163,7 @@ def sample_scores(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: l
     for start in tqdm(range(0, len(mine), per_call), disable=not progress, desc="sampling", leave=False):
         idx = mine[start:start + per_call]
         groups = engine.generate([prompts[i].prompt_ids for i in idx], n=n, temperature=temperature,
-                                 max_tokens=max_tokens, seeds=[request_seed(seed, i) for i in idx],
+                                 max_tokens=max_tokens, seeds=[stage_seed(seed, stage, round_index, i) for i in idx],
                                  top_p=top_p, top_k=top_k)
         flat = pool.map(reward_fn, [(s.text, prompts[i]) for i, group in zip(idx, groups) for s in group])
         scores[start:start + len(idx)] = np.array(flat).reshape(len(idx), n)
@@ -170,12 +171,14 @@ def sample_scores(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: l
 
 
 def solvability(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: list[data.Prompt], k: int,
-                temperature: float, max_tokens: int, seed: int, top_p: float, top_k: int, rank: int, world: int,
-                device) -> dict[str, float]:
+                temperature: float, max_tokens: int, seed: int, step: int, top_p: float, top_k: int, rank: int,
+                world: int, device) -> dict[str, float]:
     """The trainer's periodic evaluation: the fraction of `prompts` with at least one correct answer in k samples
-    (POPE's solvability), and the unbiased pass@j of the same samples at j = 1, 2, 4, ... <= k, over all ranks."""
-    scores = sample_scores(engine, pool, reward_fn, prompts, k, temperature, max_tokens, seed=seed, rank=rank,
-                           world=world, top_p=top_p, top_k=top_k)  # [P_local, k], prompts[rank::world]
+    (POPE's solvability), and the unbiased pass@j of the same samples at j = 1, 2, 4, ... <= k, over all ranks.
+    Prompt i is seeded stage_seed(seed, EVAL, step, i)."""
+    scores = sample_scores(engine, pool, reward_fn, prompts, k, temperature, max_tokens, seed=seed, stage=EVAL,
+                           round_index=step, rank=rank, world=world, top_p=top_p,
+                           top_k=top_k)  # [P_local, k], prompts[rank::world]
     correct = (scores > 0).sum(1)  # [P_local]
     ks = powers_of_two(k)
     sums = reduce_sums({"solved": float((correct > 0).sum()), "n": float(len(scores)),
@@ -211,7 +214,7 @@ def load_benchmark(name: str, limit: int = 0, bad_gold: str = "stop") -> list[da
                           "a .jsonl/.parquet file, or a Hub dataset id org/name")
     try:
         return data.load_problems(name, limit=limit or None, bad_gold=bad_gold)
-    except OSError as e:  # the Hub: ConnectionError when offline, FileNotFoundError for an unknown id
+    except OSError as e:  # any other Hub failure (load_problems names an unknown or uncached dataset itself)
         raise data.DataError(f"{name}: could not load it from the Hub ({str(e).splitlines()[0]})") from None
 
 
@@ -258,7 +261,7 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
         for name, ps in prompts.items():
             t0, failures_before = time.perf_counter(), pool.failures
             local = sample_scores(engine, pool, reward_fn, ps, cfg.n_samples, cfg.temperature, cfg.max_new_tokens,
-                                  seed=request_seed(cfg.seed, zlib.crc32(name.encode())), rank=rank,
+                                  seed=cfg.seed, stage=BENCHMARK, round_index=zlib.crc32(name.encode()), rank=rank,
                                   world=world, top_p=cfg.top_p, top_k=cfg.top_k,
                                   samples_per_call=cfg.samples_per_call, progress=rank == 0)
             failures = int(reduce_sums({"f": pool.failures - failures_before}, device)["f"])

@@ -886,7 +886,7 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
         if eval_prompts and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             metrics.update(evaluate.solvability(
                 engine, pool, reward_fn, eval_prompts, k=cfg.eval_k, temperature=cfg.temperature,
-                max_tokens=cfg.max_new_tokens, seed=request_seed(cfg.seed, step), top_p=cfg.eval_top_p,
+                max_tokens=cfg.max_new_tokens, seed=cfg.seed, step=step, top_p=cfg.eval_top_p,
                 top_k=cfg.eval_top_k, rank=rank, world=world, device=device))
         metrics.update({f"mem_{k}": max(m[k] for m in mem_rows.values()) for k in mem_rows["after rollout"]},
                        time_step=time.perf_counter() - t0)

@@ -50,7 +50,8 @@ from transformers import AutoTokenizer
 import data
 import grpo
 import reward
-from common import ConfigError, check_model_path, init_distributed, one_line_errors, opt, parse_config, shutdown
+from common import (MINING, PREFIX, ConfigError, check_model_path, init_distributed, one_line_errors, opt, parse_config,
+                    shutdown, stage_seed)
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
 
 
@@ -128,11 +129,12 @@ def _read_cache(cache: Path) -> dict[str, dict]:
     return done
 
 
-def _sample_correct(engine, prompts: list[data.Prompt], reward_fn, k: int, temperature: float, max_tokens: int,
-                    seed: int) -> list[int]:
-    """(correct answers, sampled tokens) among k samples of each prompt."""
+def _sample_correct(engine, prompts: list[data.Prompt], indices: list[int], reward_fn, k: int, temperature: float,
+                    max_tokens: int, seed: int, stage: int, round_index: int) -> list[tuple[int, int]]:
+    """(correct answers, sampled tokens) among k samples of each prompt; prompt j is problem indices[j] of the
+    stage's input list, seeded common.stage_seed(seed, stage, round_index, indices[j])."""
     groups = engine.generate([p.prompt_ids for p in prompts], n=k, temperature=temperature, max_tokens=max_tokens,
-                             seeds=[seed + 1_000_003 * i for i in range(len(prompts))])
+                             seeds=[stage_seed(seed, stage, round_index, i) for i in indices])
     return [(sum(reward_fn(s.text, p) > 0 for s in group), sum(len(s.completion_ids) for s in group))
             for p, group in zip(prompts, groups)]
 
@@ -143,18 +145,19 @@ def mine_hard(engine, tokenizer, problems: list[data.Problem], reward_fn, cache:
     """The problems the base model never solves: 0 correct in `k` samples (POPE: k=128 at 32k tokens).
 
     Results go to `cache` as {"id", "correct", "k", "tokens"} lines, written as each batch finishes; finished
-    problems are skipped on a rerun. Returns the hard problems in input order (all ranks' results, once all are done).
+    problems are skipped on a rerun. Problem i of `problems` is seeded stage_seed(seed, MINING, 0, i). Returns the hard
+    problems in input order (all ranks' results, once all are done).
     """
     cache = Path(cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
     done = _read_cache(cache)
-    todo = [p for p in problems[rank::world] if p.id not in done]
+    todo = [(i, p) for i, p in enumerate(problems) if i % world == rank and p.id not in done]  # problems[rank::world]
     with open(f"{cache}.rank{rank}", "a") as out:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            indices, batch = zip(*todo[start:start + batch_size])
             prompts = [data.make_prompt(tokenizer, p, system_prompt) for p in batch]
-            for p, (c, tokens) in zip(batch, _sample_correct(engine, prompts, reward_fn, k, temperature, max_tokens,
-                                                             seed)):
+            for p, (c, tokens) in zip(batch, _sample_correct(engine, prompts, indices, reward_fn, k, temperature,
+                                                             max_tokens, seed, MINING, 0)):
                 out.write(json.dumps({"id": p.id, "correct": c, "k": k, "tokens": tokens}) + "\n")
             out.flush()
     if dist.is_initialized():  # every rank's cache file is complete before anyone reads them
@@ -193,23 +196,25 @@ def find_prefixes(engine, tokenizer, problems: list[data.Problem], reward_fn, ca
     POPE summaries, so the guided:unguided mixture stays 1:1), "drop" gives the problem no guided copy.
     Returns {id: {"prefix": str | None, "lines": int, "solvable": bool, "samples": int, "tokens": int}}, the last two
     the search's cost for that problem (its sampling budget); problems without a solution are absent.
-    Candidates are tried in rounds (all problems' shortest first, then the next ...), one batched generate a round.
+    Candidates are tried in rounds (all problems' shortest first, then the next ...), one batched generate a round;
+    in round j, problem i of `problems` is seeded stage_seed(seed, PREFIX, j, i).
     """
     cache = Path(cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
     done = _read_cache(cache)
-    todo = {p.id: (p, candidate_prefixes(p.solution, max_fraction, n_candidates))
-            for p in problems[rank::world] if p.solution and p.id not in done}
-    todo = {i: v for i, v in todo.items() if v[1]}  # a one-line solution has no proper prefix
+    todo = {p.id: (i, p, candidate_prefixes(p.solution, max_fraction, n_candidates))
+            for i, p in enumerate(problems) if i % world == rank and p.solution and p.id not in done}
+    todo = {i: v for i, v in todo.items() if v[2]}  # a one-line solution has no proper prefix
     spent = {i: 0 for i in todo}  # tokens sampled so far for each problem
     with open(f"{cache}.rank{rank}", "a") as out:
         for j in range(n_candidates):
-            live = [(p, cands[j]) for p, cands in todo.values() if j < len(cands)]
-            prompts = [data.make_guided_prompt(tokenizer, p, prefix, template, system_prompt) for p, prefix in live]
-            correct = _sample_correct(engine, prompts, reward_fn, k, temperature, max_tokens, seed + j) if live else []
-            for (p, prefix), (c, tokens) in zip(live, correct):
+            live = [(i, p, cands[j]) for i, p, cands in todo.values() if j < len(cands)]
+            prompts = [data.make_guided_prompt(tokenizer, p, prefix, template, system_prompt) for _, p, prefix in live]
+            correct = _sample_correct(engine, prompts, [i for i, _, _ in live], reward_fn, k, temperature, max_tokens,
+                                      seed, PREFIX, j) if live else []
+            for (_, p, prefix), (c, tokens) in zip(live, correct):
                 spent[p.id] += tokens
-                last = j == len(todo[p.id][1]) - 1
+                last = j == len(todo[p.id][2]) - 1
                 if c > 0 or last:
                     keep = prefix if c > 0 or fallback == "longest" else None
                     out.write(json.dumps({"id": p.id, "prefix": keep, "lines": prefix.count("\n") + 1 if keep else 0,

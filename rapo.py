@@ -156,44 +156,69 @@ def ascend(ref: np.ndarray, reward: np.ndarray, alpha: float, beta: float, lr: f
 
 
 def bisect_decreasing(f, lo, hi, iters: int = 200):
-    """The root of f, decreasing on [lo, hi], by bisection; elementwise when f maps arrays to arrays."""
+    """The root of f, decreasing on [lo, hi], by bisection; elementwise when f maps arrays to arrays.
+
+    An endpoint where f is 0 in floating point brackets too (f(z) = -e^z rounds to -0 at z = -1000)."""
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-    if not (np.all(f(lo) > 0) and np.all(f(hi) < 0)):
-        raise ValueError("bisection: the root is not bracketed (need f(lo) > 0 > f(hi))")
+    if not (np.all(f(lo) >= 0) and np.all(f(hi) <= 0)):
+        raise ValueError("bisection: the root is not bracketed (need f(lo) >= 0 >= f(hi))")
     for _ in range(iters):
         mid = (lo + hi) / 2
+        if np.all((mid == lo) | (mid == hi)):  # no float64 left between lo and hi
+            break
         above = f(mid) > 0  # the root lies right of mid
         lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
     return (lo + hi) / 2
 
 
 def prop33_root(ref: np.ndarray, reward: np.ndarray, alpha: float, beta: float) -> tuple[np.ndarray, float]:
-    """(pi, lambda) solving our reconstruction of Proposition 3.3:
+    """(pi, lambda) solving our reconstruction of Proposition 3.3, for every alpha > 0 and beta > 0:
         r(y) + alpha ref(y) / pi(y) - beta (log pi(y) + 1) = lambda   for all y.
 
-    For fixed lambda, u = log pi(y) solves  alpha ref(y) e^-u - beta u = lambda + beta - r(y), strictly decreasing in u
-    (where ref(y) = 0 the root is u = (r(y) - lambda) / beta - 1: positive mass outside the reference's support).
-    lambda is then the root of sum_y pi(y) - 1, decreasing in lambda.
-    """
-    def log_pi(lam):  # [V]
-        c = lam + beta - reward  # [V]; brackets for u: left, -beta u = |c| + 1 > c; right, alpha ref e^-u <= alpha
-        return bisect_decreasing(lambda u: alpha * ref * np.exp(-u) - beta * u - c,
-                                 -(np.abs(c) + 1) / beta, (alpha + np.abs(c) + 1) / beta)
+    Everything is solved in log space (at beta 1e-3, pi(y) runs to e^-1000, below float64's range).
 
-    # pi(y) <= 1 for all y gives lambda >= max r - beta; pi(y) >= 1/V for some y gives
-    # lambda <= max r + alpha V + beta (log V - 1)
+    For fixed lambda, u = log pi(y) solves  alpha ref(y) e^-u = beta u + c,  c = lambda + beta - r(y).
+    Where ref(y) = 0 the root is u = -c / beta (positive mass outside the reference's support). Elsewhere the left
+    side is positive, so u > -c / beta; with v = u + c / beta > 0 the equation is  v e^v = (alpha ref / beta)
+    e^(c / beta), i.e. v + log v = z with z = log(alpha ref / beta) + c / beta, and s = log v solves
+    z - e^s - s = 0, strictly decreasing in s. Its brackets, from s = z - e^s: s < z always, and for z > 1, v >= 1
+    (at v = 1, v + log v = 1 < z) so v <= z, s <= log z. So hi = log z for z > 1, z otherwise, and as s <= hi,
+    s >= lo = z - e^hi; lo < hi (z > 1: lo = 0 < log z; z <= 1: lo = z - e^z < z), and e^hi <= max(z, e) never
+    overflows (the old brackets in u, +-(|c| + 1) / beta, did: e^1000 at beta 1e-3).
+
+    lambda is the root of log sum_y pi(y), decreasing in lambda (each pi(y) is). Its brackets: at lambda = max r -
+    beta - alpha the best-rewarded token has c = -alpha, where u = 0 leaves alpha ref e^-u > beta u + c, so its u > 0:
+    pi > 1, the sum above 1. pi(y) = 1 / V exactly at lambda = r(y) + alpha V ref(y) + beta (log V - 1), so above
+    hi = max_y (r(y) + alpha V ref(y)) + beta log V every pi(y) < 1 / V: the sum below 1.
+    """
+    support = ref > 0
+
+    def log_pi(lam):  # [V]
+        c = lam + beta - reward  # [V]
+        with np.errstate(divide="ignore"):  # log 0 off the support, replaced below
+            z = np.where(support, np.log(alpha * ref / beta) + c / beta, 0.0)  # [V]
+        hi = np.where(z > 1, np.log(np.maximum(z, 1)), z)
+        s = bisect_decreasing(lambda s: z - np.exp(s) - s, z - np.exp(hi), hi)  # [V] log v
+        return np.where(support, np.exp(s), 0.0) - c / beta
+
+    def log_total(lam):  # log sum_y pi(y), without overflow
+        u = log_pi(lam)
+        return u.max() + np.log(np.exp(u - u.max()).sum())
+
     V = len(ref)
-    lam = bisect_decreasing(lambda lam: np.exp(log_pi(lam)).sum() - 1, reward.max() - beta - 1,
-                            reward.max() + alpha * V + beta * np.log(V))
+    lam = bisect_decreasing(log_total, reward.max() - beta - alpha, (reward + alpha * V * ref).max() + beta * np.log(V))
     return np.exp(log_pi(lam)), float(lam)
 
 
 def reverse_kl_optimum(ref: np.ndarray, reward: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     """argmax E_pi[r] - alpha KL(pi || ref) + beta H(pi) = ref^(alpha / (alpha + beta)) exp(r / (alpha + beta)) / Z.
 
-    (beta = 0 is Lemma 3.1, ref exp(r / alpha) / Z.) Exactly zero wherever ref is.
+    (beta = 0 is Lemma 3.1, ref exp(r / alpha) / Z.) Exactly zero wherever ref is. Normalised in log space: at
+    alpha + beta = 1e-3, exp(r / (alpha + beta)) = e^1000 overflows float64.
     """
-    pi = ref ** (alpha / (alpha + beta)) * np.exp(reward / (alpha + beta))  # [V]
+    with np.errstate(divide="ignore"):  # log 0 = -inf where ref is zero: pi is exactly zero there
+        log_pi = alpha / (alpha + beta) * np.log(ref) + reward / (alpha + beta)  # [V]
+    pi = np.exp(log_pi - log_pi.max())
     return pi / pi.sum()
 
 

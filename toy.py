@@ -4,7 +4,7 @@ Everything here runs offline on a CPU and produces real Hugging Face folders tha
 so the trainer's GPU code path is the one exercised on a laptop.
 
 The task ("counter registers"). Four registers a, b, c, d hold one digit each; k steps, named by consecutive letters,
-each add 1 (mod 10, no carry) to the next register in turn; the answer is the final state. The oracle solution writes
+each add 8 (mod 10, no carry) to the next register in turn; the answer is the final state. The oracle solution writes
 one line per step ("step/last step register: state after it"), then the boxed answer:
 
     >>> import random
@@ -71,6 +71,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qw
 
 import data
 import reward
+from common import BENCHMARK
 
 # Qwen's chat format without the tool-calling branches: <|im_start|>role\ncontent<|im_end|>\n ...
 CHAT_TEMPLATE = (
@@ -427,7 +428,7 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
     def report(name: str, prompts: list[data.Prompt]) -> None:
         t0 = time.time()
         scores = evaluate.sample_scores(engine, reward.RewardPool(0), toy_reward, prompts, n, temperature,
-                                        max_tokens=max_tokens, seed=seed)  # [P, n]
+                                        max_tokens=max_tokens, seed=seed, stage=BENCHMARK, round_index=0)  # [P, n]
         c = [int(ci) for ci in (scores > 0).sum(1)]
         row = {f"pass@{k}": sum(evaluate.pass_at_k(n, ci, k) for ci in c) / len(c) for k in ks}
         row["solved"] = f"{sum(ci > 0 for ci in c)}/{len(c)}"
@@ -448,7 +449,8 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
         prompts = [data.make_prompt(tok, p) for p in problems]
         for t in (0.0, *temperatures):  # 0.0: greedy (one sample: all n would be the same)
             scores = evaluate.sample_scores(engine, reward.RewardPool(0), toy_reward, prompts, 1 if t == 0 else n,
-                                            t, max_tokens=max_tokens, seed=seed)  # [P, n]
+                                            t, max_tokens=max_tokens, seed=seed, stage=BENCHMARK,
+                                            round_index=0)  # [P, n]
             name = "greedy" if t == 0 else f"T {t}, {n} samples"
             rows[f"hard unguided, {name}"] = {"solved": int((scores.max(1) > 0).sum()), "mean_correct": scores.mean()}
             print(f"{'hard unguided, ' + name:34s} solved {int((scores.max(1) > 0).sum())}/{len(problems)}  "

@@ -40,7 +40,7 @@ import grpo
 import pope
 import reward
 import toy
-from common import ConfigError, opt, request_seed
+from common import ConfigError, opt
 from rollout import Engine
 
 ARMS = ("grpo", "grpo-entropy", "grpo-clip-higher", "grpo-klcov", "grpo-mix", "sft-grpo", "pope")
@@ -136,7 +136,7 @@ def run_seed(cfg: ToyConfig, arms: list[str], engine: Engine, tok, seed: int) ->
         remove_duplicate=False))  # the base again
     pool = reward.RewardPool(0)
     base = measured(evaluate.solvability(engine, pool, toy.toy_reward, unguided, k=cfg.eval_k, temperature=1.0,
-                                         max_tokens=cfg.max_new_tokens, seed=request_seed(seed, cfg.steps - 1),
+                                         max_tokens=cfg.max_new_tokens, seed=seed, step=cfg.steps - 1,
                                          top_p=1.0, top_k=0, rank=0, world=1, device="cpu"), cfg.eval_k)
     pool.close()
     print(f"toy seed {seed}: base model, unguided hard set: {base}", flush=True)

@@ -103,7 +103,8 @@ def test_tiny_model_evaluation_writes_json_and_png(tiny_model, engine, tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     prompts = [data.make_prompt(tokenizer, p) for p in data.load_problems(bench)]
     pool = evaluate.reward.RewardPool(0, 10.0)
-    common = dict(n=4, temperature=0.8, max_tokens=8, seed=7, top_p=0.95, top_k=50)
+    common = dict(n=4, temperature=0.8, max_tokens=8, seed=7, stage=evaluate.BENCHMARK, round_index=0, top_p=0.95,
+                  top_k=50)
     whole = evaluate.sample_scores(engine, pool, text_parity, prompts, **common)
     shards = [evaluate.sample_scores(engine, pool, text_parity, prompts, rank=r, world=2, **common) for r in (0, 1)]
     assert shards[0].shape == (3, 4) and shards[1].shape == (2, 4)
@@ -151,17 +152,22 @@ def test_training_plot_skips_missing_series(tmp_path, capsys):
     assert imread(tmp_path / "metrics.png").shape[0] > 100
 
 
-@pytest.mark.parametrize("case", ["k_above_n", "unknown_benchmark", "no_answer_column", "not_results"])
+@pytest.mark.parametrize("case", ["k_above_n", "unknown_benchmark", "no_answer_column", "not_results",
+                                  "unknown_hub_model", "uncached_hub_dataset"])
 def test_bad_input_gives_one_clear_error_line(tiny_model, tmp_path, case):
     no_answer = write_jsonl(tmp_path / "q.jsonl", [{"problem": "1+1?", "solution": "2"}])
     argv = {"k_above_n": ["--model", tiny_model, "--benchmarks", no_answer, "--n-samples", "4", "--k-max", "8"],
             "unknown_benchmark": ["--model", tiny_model, "--benchmarks", "aime-2026"],
             "no_answer_column": ["--model", tiny_model, "--benchmarks", no_answer],
-            "not_results": ["--compare", no_answer]}[case]
+            "not_results": ["--compare", no_answer],
+            "unknown_hub_model": ["--model", "nosuch/model", "--benchmarks", no_answer],
+            "uncached_hub_dataset": ["--model", tiny_model, "--benchmarks", "nosuch/dataset"]}[case]
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(argv)
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
     expected = {"k_above_n": "--k-max 8 > --n-samples 4", "unknown_benchmark": "aime-2025, hmmt-feb-2025",
-                "no_answer_column": "field 'answer'", "not_results": "not a results file"}[case]
+                "no_answer_column": "field 'answer'", "not_results": "not a results file",
+                "unknown_hub_model": "--model nosuch/model: not a local folder, and not in the local Hugging Face",
+                "uncached_hub_dataset": "Hub dataset nosuch/dataset is not in the local Hugging Face cache"}[case]
     assert expected in message, message

@@ -234,6 +234,24 @@ def test_bad_input_gives_one_clear_error_line(tiny_model, tmp_path, case):
     assert expected in lines[0]
 
 
+@pytest.mark.parametrize("case", ["unknown_hub_model", "unknown_dataset"])
+def test_an_unknown_hub_model_or_dataset_gives_one_clear_error_line(tiny_model, tmp_path, case):
+    """Offline (as tests run: HF_HUB_OFFLINE=1), an id neither local nor cached ends in one line, before any load."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    argv = {"unknown_hub_model": ["--model", "nosuch/model", "--data", str(path)],
+            "unknown_dataset": ["--model", tiny_model, "--data", "nosuch-dataset"]}[case]
+    with pytest.raises(SystemExit) as exit_info:
+        grpo.main(argv)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    expected = {"unknown_hub_model": ["nosuch/model", "not in the local Hugging Face cache", "HF_HUB_OFFLINE",
+                                      "hf download nosuch/model"],
+                "unknown_dataset": ["nosuch-dataset", "not a name in data.DATASETS", "pope-hard",
+                                    "not in the local Hugging Face cache", "local .jsonl/.parquet file"]}[case]
+    assert all(part in message for part in expected), message
+
+
 def test_wandb_gets_the_metrics_of_metrics_jsonl(tiny_model, engine, tmp_path, monkeypatch):
     """--wandb-project, offline (no network): a real wandb run receives every step's metrics line, as logged."""
     import wandb

@@ -4,14 +4,18 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+import common
 import data
+import evaluate
 import grpo
 import pope
+import reward
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +138,60 @@ def test_mining_and_prefix_search_resume_without_redoing_finished_problems(tiny_
     assert not any(q in text for q in finished_first for text in sampled_again)
 
 
+class SeedRecorder:
+    """A stand-in engine that samples nothing: it records each request's (prompt, seed, n) and returns n empty
+    completions (so every problem stays hard and every prefix candidate unsolved)."""
+
+    def __init__(self):
+        self.requests = []  # (prompt ids, seed, n), in call order
+
+    def generate(self, prompts, n, temperature, max_tokens, seeds=None, top_p=1.0, top_k=0):
+        self.requests += [(tuple(ids), seed, n) for ids, seed in zip(prompts, seeds)]
+        return [[SimpleNamespace(text="", completion_ids=[0])] * n for _ in prompts]
+
+
+def test_stage_seeds_are_distinct_and_far_apart():
+    seeds = [common.stage_seed(0, stage, r, i) for stage in (common.MINING, common.PREFIX, common.EVAL,
+                                                             common.BENCHMARK) for r in range(5) for i in range(50)]
+    n = 16  # vLLM seeds a request's n samples seed + 0 .. n-1
+    used = [s + j for s in seeds for j in range(n)]
+    assert len(set(used)) == len(used)
+    training = {common.request_seed(0, step, j) for step in range(8) for j in range(50)}  # the training rollouts'
+    assert not training & set(seeds)
+
+
+def test_offline_request_seeds_never_repeat_and_do_not_depend_on_batching_or_rank(tiny_model, tmp_path):
+    """Mining, the prefix search's four rounds and two solvability evals: no sample seed is used twice, and a
+    problem's seed is the same in one batch, in batches of one, and on either of two ranks."""
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    problems = [problem(i) for i in range(6)]  # 40 lines: four candidate prefixes each
+    never = lambda text, prompt: 0.0  # noqa: E731
+    k = 4
+    recorder = SeedRecorder()
+    hard = pope.mine_hard(recorder, tok, problems, never, tmp_path / "mine.jsonl", k=k, batch_size=6)
+    assert hard == problems
+    pope.find_prefixes(recorder, tok, hard, never, tmp_path / "prefixes.jsonl", k=k)
+    pool = reward.RewardPool(0)
+    for step in (0, 1):
+        evaluate.solvability(recorder, pool, never, [data.make_prompt(tok, p) for p in problems], k=k,
+                             temperature=1.0, max_tokens=4, seed=0, step=step, top_p=1.0, top_k=0, rank=0, world=1,
+                             device="cpu")
+    pool.close()
+    assert len(recorder.requests) == len(problems) * (1 + 4 + 2)
+    used = [seed + j for _, seed, n in recorder.requests for j in range(n)]
+    assert len(used) == len(set(used)), "two requests share a sample seed"
+    training = {common.request_seed(0, step, j) + g for step in range(8) for j in range(8) for g in range(k)}
+    assert not training & set(used), "an offline request shares a seed with an early training rollout"
+
+    mined = {ids: seed for ids, seed, _ in recorder.requests[:len(problems)]}
+    for batch_size, rank, world in [(1, 0, 1), (2, 0, 2), (2, 1, 2)]:
+        other = SeedRecorder()
+        pope.mine_hard(other, tok, problems, never, tmp_path / f"mine-{batch_size}-{rank}.jsonl", k=k,
+                       batch_size=batch_size, rank=rank, world=world)
+        assert len(other.requests) == len(problems) // world
+        assert all(mined[ids] == seed for ids, seed, _ in other.requests), (batch_size, rank, world)
+
+
 def test_loaders_name_the_bad_row(tmp_path):
     path = tmp_path / "hard.jsonl"
     path.write_text(json.dumps({"problem": "a", "answer": "1"}) + "\n" + json.dumps({"problem": "b"}) + "\n")
@@ -159,6 +217,14 @@ def pope_cli(tiny_model, tmp_path, *flags) -> subprocess.CompletedProcess:
                            "--group-size", "2", "--max-new-tokens", "8", "--prefix-max-tokens", "8", "--prefix-k", "2",
                            "--eval-every", "0", "--log-samples", "0", "--micro-batch-size", "4", *flags],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_an_unknown_hub_model_gives_one_clear_error_line():
+    with pytest.raises(SystemExit) as exit_info:
+        pope.main(["--model", "nosuch/model"])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: --model nosuch/model: not a local folder") and "\n" not in message, message
+    assert "hf download nosuch/model" in message, message
 
 
 def test_mining_gets_the_context_its_budget_needs(tiny_model, tmp_path):

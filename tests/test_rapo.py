@@ -77,6 +77,80 @@ def test_prop33_gradient_ascent_reaches_the_root_and_leaves_the_support():
     assert np.all(reverse[outside] == 0) and reverse[~outside].min() > 0
 
 
+ALPHAS, BETAS = (1e-3, 1e-2, 0.1, 0.3, 1.0), (1e-4, 1e-3, 1e-2, 0.1, 1.0)
+
+
+def references() -> dict[str, np.ndarray]:
+    """The demo's reference (exact zeros off tokens 3-12), and the same with two entries of ~1e-8 beside the zeros."""
+    ref = rapo.prop33_demo()["ref"]
+    tiny = ref.copy()
+    tiny[[0, 15]] = 1e-8
+    return {"demo": ref, "tiny entries": tiny / tiny.sum()}
+
+
+def objective(pi, ref, reward, alpha, beta, kl="forward"):
+    """E_pi[r] - alpha KL + beta H(pi), with KL(ref || pi) (forward) or KL(pi || ref) (reverse); 0 log 0 = 0."""
+    pi, ref, reward = torch.tensor(pi), torch.tensor(ref), torch.tensor(reward)
+    entropy = -torch.special.xlogy(pi, pi).sum()
+    p, q = (ref, pi) if kl == "forward" else (pi, ref)
+    return float((pi * reward).sum() - alpha * (torch.special.xlogy(p, p) - torch.special.xlogy(p, q)).sum()
+                 + beta * entropy)
+
+
+def check_prop33_root(ref, reward, alpha, beta):
+    """The root sums to 1 and solves the condition on the support (in log space: pi(y) = e^-1000 off it at small
+    beta) and its closed form off the support; no nearby policy scores higher."""
+    root, lam = rapo.prop33_root(ref, reward, alpha, beta)
+    support = ref > 0
+    assert abs(root.sum() - 1) < 1e-9 and np.all(root[support] > 0), (alpha, beta)
+    condition = reward[support] + alpha * ref[support] / root[support] - beta * (np.log(root[support]) + 1)
+    assert np.abs(condition - lam).max() < 1e-9 * max(1.0, abs(lam)), (alpha, beta)
+    assert np.allclose(root[~support], np.exp((reward[~support] - lam) / beta - 1), rtol=1e-9, atol=0), (alpha, beta)
+    best = objective(root, ref, reward, alpha, beta)
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # the optimum of a concave objective: every nearby policy scores lower
+        near = root * np.exp(rng.normal(0, 0.01, len(root)))
+        assert objective(near / near.sum(), ref, reward, alpha, beta) < best, (alpha, beta)
+    return root
+
+
+def test_prop33_root_at_the_toy_weights():
+    d = rapo.prop33_demo()  # the toy_rapo arm's alpha 0.3 (kl_coef) and beta 1e-3 (entropy_coef)
+    root = check_prop33_root(d["ref"], d["reward"], 0.3, 1e-3)
+    outside = d["ref"] == 0  # pi = e^((r - lambda) / beta - 1) there, lambda ~1.09: 1e-39 at reward 1, e^-1090 at 0
+    assert root[outside & (d["reward"] == 1)].min() > 0, "positive mass outside the support even at beta 1e-3"
+
+
+def test_prop33_root_converges_over_a_grid_and_matches_gradient_ascent_where_it_converges():
+    reward = rapo.prop33_demo()["reward"]
+    for name, ref in references().items():
+        for alpha in ALPHAS:
+            for beta in BETAS:
+                root = check_prop33_root(ref, reward, alpha, beta)
+                if beta == 1.0:  # where plain gradient ascent converges in well under a second (beta < 0.1: it
+                    # must push logits to -1/beta, and takes far more than 100k steps)
+                    assert np.abs(rapo.ascend(ref, reward, alpha, beta) - root).max() < 1e-9, (name, alpha, beta)
+
+
+def test_reverse_kl_optimum_is_exact_over_the_grid():
+    reward = rapo.prop33_demo()["reward"]
+    rng = np.random.default_rng(0)
+    for ref in references().values():
+        support = ref > 0
+        for alpha in ALPHAS:
+            for beta in BETAS:
+                pi = rapo.reverse_kl_optimum(ref, reward, alpha, beta)
+                assert abs(pi.sum() - 1) < 1e-12 and np.all(pi[~support] == 0), (alpha, beta)
+                # stationary on the support: r - alpha (log pi/ref + 1) - beta (log pi + 1) is one lambda there
+                keep = support & (pi > 0)  # on the support, pi underflows to 0 at small alpha + beta
+                grad = reward[keep] - alpha * (np.log(pi[keep]) - np.log(ref[keep])) - beta * np.log(pi[keep])
+                assert np.ptp(grad) < 1e-9 * max(1.0, np.abs(grad).max()), (alpha, beta)
+                best = objective(pi, ref, reward, alpha, beta, kl="reverse")
+                for _ in range(20):  # every other policy on the support scores lower
+                    other = np.where(support, pi + rng.uniform(0, 0.01, len(pi)), 0.0)
+                    assert objective(other / other.sum(), ref, reward, alpha, beta, kl="reverse") < best
+
+
 def test_theory_command_prints_the_table_and_saves_the_plot(capsys, tmp_path):
     rapo.main(["--theory", "--theory-plot", str(tmp_path / "prop33.png")])
     out = capsys.readouterr().out

@@ -187,7 +187,8 @@ def test_hard_problems_are_hard_at_every_temperature() -> None:
     prompts = [data.make_prompt(tok, p) for p in toy.hard_split(16, seed=7)]
     pool = reward.RewardPool(0)
     for temperature, n in ((0.0, 1), (0.5, 16), (1.0, 16)):
-        scores = evaluate.sample_scores(engine, pool, toy.toy_reward, prompts, n, temperature, max_tokens=260, seed=0)
+        scores = evaluate.sample_scores(engine, pool, toy.toy_reward, prompts, n, temperature, max_tokens=260, seed=0,
+                                        stage=evaluate.BENCHMARK, round_index=0)
         assert (scores.max(1) > 0).sum() <= 1, (temperature, scores.sum(1))
     pool.close()
     del engine
