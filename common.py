@@ -178,7 +178,7 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         # vLLM's external launcher has used the default group too; destroying it can raise ValueError("Invalid
-        # process group specified") (spec/cpu-stack.md §8). The run is complete at this point, so exit cleanly.
+        # process group specified") (docs/cpu-stack.md §8). The run is complete at this point, so exit cleanly.
         try:
             dist.destroy_process_group()
         except ValueError:

@@ -24,7 +24,7 @@ import reward
 from common import DataError
 
 # The system prompt of the POPE authors' PipelineRL config (conf/pope.yaml: actor.system_prompt), used for guided and
-# unguided prompts alike so that the two differ only by the guidance (spec/algorithms.md §2.5).
+# unguided prompts alike so that the two differ only by the guidance (docs/algorithms.md §2.5).
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -94,7 +94,7 @@ def problem_from_row(row: dict, where: str, problem_key: str = "problem", answer
 
 
 # Datasets by name: where they live on the Hugging Face Hub and which columns hold problem / answer / solution.
-# Columns and splits are from the dataset cards and the POPE/RAPO authors' loaders (spec/algorithms.md §2.3, §2.9,
+# Columns and splits are from the dataset cards and the POPE/RAPO authors' loaders (docs/algorithms.md §2.3, §2.9,
 # §3.7); a dotted column ("prompt.0.content") walks into nested fields. `keep` filters rows (Omni-MATH levels 5-8,
 # the POPE blog's hard pool).
 DATASETS = {
@@ -238,7 +238,7 @@ def make_prompt(tokenizer, problem: Problem, system_prompt: str = DEFAULT_SYSTEM
     return Prompt(problem, render(tokenizer, problem.problem, system_prompt))
 
 
-# POPE guided prompts (spec/algorithms.md §2.5). The paper's verbatim template was not readable; template (a) is the
+# POPE guided prompts (docs/algorithms.md §2.5). The paper's verbatim template was not readable; template (a) is the
 # continuation prompt of the authors' research circle (violetxi/ExpRL, gen_rm/data_processing/continue_rollout.py,
 # get_prompt_template("rollout")), used as the user turn under the same system prompt as unguided problems.
 GUIDED_TEMPLATES = {
@@ -256,7 +256,7 @@ GUIDED_TEMPLATES = {
     ),
 }
 # The "do not restate the prefix" ablation (POPE blog / write-ups report that transfer to unguided problems degrades;
-# the exact wording was not found, this sentence is this project's choice, spec §2.10 item 5).
+# the exact wording was not found, this sentence is this project's choice, docs/algorithms.md §2.10 item 5).
 GUIDED_TEMPLATES["no-restate"] = GUIDED_TEMPLATES["continue"] + (
     "\n\nDo not restate or repeat any part of the partial response; begin directly with the next step.")
 

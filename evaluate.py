@@ -6,7 +6,8 @@
     python evaluate.py --plot runs/eval/base.json runs/eval/pope.json --png runs/eval/pass_at_k.png
     python evaluate.py --plot-metrics runs/pope/metrics.jsonl                   # training curves of a run
 
-The estimator (Chen et al. 2021, "Evaluating Large Language Models Trained on Code", arXiv 2107.03374; spec §1.7).
+The estimator (Chen et al. 2021, "Evaluating Large Language Models Trained on Code", arXiv 2107.03374;
+docs/algorithms.md §1.7).
 A problem with n samples of which c are correct has
 
     pass@k = 1 - C(n-c, k) / C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k/i)        (= 1 when n - c < k)
@@ -22,7 +23,7 @@ A worked example: 2 problems, n = 4 samples each, c = 1 and c = 0 correct.
 
 Where the protocol comes from:
 - Samples: temperature 0.8, top_p 0.95, top_k 50, at most 16,000 new tokens: the POPE authors' eval sampler
-  (`test_llm`, spec §2.8 item 13). RAPO's eval sampler is not published (§3.8).
+  (`test_llm`, docs/algorithms.md §2.8 item 13). RAPO's eval sampler is not published (§3.8).
 - n = 32 and k = 1, 2, 4, ...: the POPE authors sample AIME 32 times and report pass@1 and pass@16 (§2.9); RAPO plots
   pass@k for k = 2^m up to 1024 from n = 2048 (§3.8, Figure 3). Every k = 2^m <= n (or <= --k-max) is reported.
 - Benchmarks by name (data.DATASETS): aime-2024 (HuggingFaceH4/aime_2024), aime-2025 (MathArena/aime_2025, POPE's
@@ -62,8 +63,8 @@ from transformers import AutoTokenizer
 
 import data
 import reward
-from common import (BENCHMARK, EVAL, ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors, opt,
-                    parse_config, reduce_sums, stage_seed)
+from common import (BENCHMARK, EVAL, ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors,
+                    opt, parse_config, reduce_sums, stage_seed)
 from rollout import Engine
 
 
@@ -154,8 +155,8 @@ def sample_scores(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: l
     """Rewards of n samples of each of this rank's prompts, prompts[rank::world]: an array [P_local, n].
 
     `reward_fn(text, prompt) -> float` runs in `pool`. Prompt i (its index in the full list) is sampled with the
-    request seed common.stage_seed(seed, stage, round_index, i), whatever the number of ranks. Prompts go to vLLM a few at a time, about
-    `samples_per_call` samples per call, so at n = 2048 the completions of only a couple of problems are held.
+    request seed common.stage_seed(seed, stage, round_index, i), whatever the number of ranks. Prompts go to vLLM a
+    few at a time, about `samples_per_call` samples per call, so at n = 2048 the completions of only a couple of problems are held.
     """
     mine = list(range(rank, len(prompts), world))
     per_call = max(1, samples_per_call // n)

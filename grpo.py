@@ -20,7 +20,7 @@ Options come from: GRPO (DeepSeekMath, arXiv 2402.03300), DAPO (arXiv 2503.14476
 Dr.GRPO (arXiv 2503.20783: no std, constant normaliser), KL-Cov (arXiv 2505.22617), Schulman's KL estimators
 (joschu.net/blog/kl-approx.html; which KL direction each one's gradient follows is in `kl_term`), the POPE authors'
 PipelineRL config (sum over tokens / sequences per step), RAPO (arXiv 2510.03865: forward KL to a reward-reweighted
-reference). spec/algorithms.md in ../shared has the provenance of each.
+reference). docs/algorithms.md has the provenance of each.
 
 Logprobs are computed only at completion positions and in chunks of positions (`token_stats`), so peak memory is
 (chunk x vocab), not (response length x vocab): at Qwen's 151,936-token vocabulary a 16k-token response would need
@@ -374,7 +374,7 @@ def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
 
     Why: grad k2 = -(log u) grad log pi, whose mean under pi is grad KL(pi || ref); grad k3 = (1 - u) grad log pi,
     whose mean is -sum_v ref(v) grad log pi(v) = grad KL(ref || pi). So GRPO's k3 (DeepSeekMath, verl `low_var_kl`)
-    has the value of the reverse KL and the gradient of the forward one (shared spec/algorithms.md §1.5;
+    has the value of the reverse KL and the gradient of the forward one (docs/algorithms.md §1.5;
     https://xihuai18.github.io/reinforcement-learning/2025/12/01/kl-estimators-en.html). k1 = -log u is left out:
     its expected gradient is exactly 0. RAPO's sampled w log w - w + 1 is a value estimate only: differentiated, it
     gives -w log w grad log pi, which is biased.

@@ -18,7 +18,7 @@ GRPO is all here, in the functions before `run`, which then calls `grpo.train`:
     4. train          grpo.train; rewards and solve rates are logged per kind (guided / unguided / easy), and every
                       --eval-every steps the unguided hard set's solvability (>= 1 correct in --eval-k samples)
 
-Defaults follow the POPE authors' PipelineRL config (spec/algorithms.md §2.8; read from their code, not confirmed as
+Defaults follow the POPE authors' PipelineRL config (docs/algorithms.md §2.8; read from their code, not confirmed as
 the paper's final runs): group 8, 32 prompts per step, lr 1e-6 under a cosine with no warmup over their
 max_train_steps of 100,000 (so effectively constant over any run of this size), AdamW weight
 decay 0.01, grad-norm clip 0.3, temperature 0.8, advantages r - mean (no std), no KL, entropy 1e-4, loss summed over
@@ -63,7 +63,7 @@ class PopeConfig(grpo.Config):
                     "file with problem, answer, solution")
     data_limit: int = opt(0, "use only the first N problems (0 = all)")
     out_dir: str = opt("runs/pope", "metrics, samples, checkpoints, and the mining / prefix caches")
-    # the authors' RL settings (PipelineRL conf, spec §2.8)
+    # the authors' RL settings (PipelineRL conf, docs/algorithms.md §2.8)
     prompts_per_step: int = opt(32, "prompts per step over all ranks (POPE: 32)")
     group_size: int = opt(8, "samples per prompt (POPE: 8)")
     temperature: float = opt(0.8, "sampling temperature, also applied to trainer logits (POPE: 0.8)")
@@ -98,8 +98,8 @@ class PopeConfig(grpo.Config):
     prefix_candidates: int = opt(4, "candidate prefix lengths, evenly spaced up to --prefix-max-fraction")
     prefix_fallback: str = opt("longest", "when no candidate is solvable: keep the longest (stays 1:1) or drop the "
                                "guided copy", choices=["longest", "drop"])
-    guided_template: str = opt("continue", "guided prompt: 'continue' (template (a), spec §2.5) or the 'no-restate' "
-                               "ablation", choices=sorted(GUIDED_TEMPLATES))
+    guided_template: str = opt("continue", "guided prompt: 'continue' (template (a), docs/algorithms.md §2.5) or "
+                               "the 'no-restate' ablation", choices=sorted(GUIDED_TEMPLATES))
     guided_copies: int = opt(1, "guided prompts per hard problem in the training set (POPE: 1:1 with unguided)")
     unguided_copies: int = opt(1, "unguided prompts per hard problem in the training set")
     easy_data: str = opt("", "optional easier problems mixed in as kind 'easy' (the hard+easy interference runs)")
@@ -107,7 +107,7 @@ class PopeConfig(grpo.Config):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The hard set and the minimal sufficient guiding prefixes (spec/algorithms.md §2.3, §2.4).
+# The hard set and the minimal sufficient guiding prefixes (docs/algorithms.md §2.3, §2.4).
 # Both sample from the base model through any engine with `generate(prompt_ids, n, temperature, max_tokens, seeds)`
 # (rollout.Engine), score with `reward_fn(text, prompt) -> float`, and append one JSON line per finished problem to
 # a cache: a rerun (or `--resume`) skips what is there. Under torchrun each rank takes problems[rank::world] and
@@ -170,9 +170,9 @@ def candidate_prefixes(solution: str, max_fraction: float = 0.25, n_candidates: 
     """Line-based prefixes of an oracle solution, shortest first: the first floor(f * L) of its L lines for
     f = max_fraction * (1/n, 2/n, ..., 1), deduplicated, so no prefix holds more than `max_fraction` of the lines.
     One line is the minimum: a solution shorter than 1 / max_fraction lines (4 at 25%) gets its first line as the
-    only candidate, more than the fraction. Lines, 4 lengths and 25% are spec §2.4's reading of the POPE write-ups
-    ("progressively longer prefixes, up to a quarter the length of the solution"); the unit and the count were not
-    published.
+    only candidate, more than the fraction. Lines, 4 lengths and 25% are docs/algorithms.md §2.4's reading of the
+    POPE write-ups ("progressively longer prefixes, up to a quarter the length of the solution"); the unit and the
+    count were not published.
 
     >>> candidate_prefixes("a\\nb\\nc\\nd\\ne\\nf\\ng\\nh", max_fraction=0.25, n_candidates=4)
     ['a', 'a\\nb']
@@ -190,7 +190,7 @@ def find_prefixes(engine, tokenizer, problems: list[data.Problem], reward_fn, ca
                   n_candidates: int = 4, template: str = "continue", fallback: str = "longest", seed: int = 0,
                   system_prompt: str = data.DEFAULT_SYSTEM_PROMPT, rank: int = 0, world: int = 1) -> dict[str, dict]:
     """POPE's minimal sufficient prefix for each problem: the shortest candidate whose guided prompt gets at least
-    one correct answer in `k` samples (spec §2.4: k=16 at T=0.8 and 16k tokens, this project's reading).
+    one correct answer in `k` samples (docs/algorithms.md §2.4: k=16 at T=0.8 and 16k tokens, this project's reading).
 
     When no candidate works, `fallback` decides: "longest" keeps the longest candidate (~25%; the fallback in the
     POPE summaries, so the guided:unguided mixture stays 1:1), "drop" gives the problem no guided copy.

@@ -23,17 +23,17 @@ Why: with GRPO's reverse KL, the best policy for max E_pi[r] - alpha KL(pi || re
 reference is zero: the policy cannot learn an answer the reference never produces. With the forward KL and the
 entropy term it is positive on every token (Proposition 3.3). `python rapo.py --theory` checks both on 16 tokens,
 against our reconstruction of Proposition 3.3 from the paper's abstract and a secondary summary (the paper's own
-statement was not available to us; shared spec/algorithms.md §3.3).
+statement was not available to us; docs/algorithms.md §3.3).
 
-The paper's (spec/algorithms.md §3; read from its abstract, captions and a secondary summary, the full text was not
+The paper's (docs/algorithms.md §3; read from its abstract, captions and a secondary summary, the full text was not
 readable): the forward KL in place of the reverse KL, the entropy bonus, the reference reweighted as ref^phi(r) / Z
 with phi monotone in the reward, the GRPO surrogate otherwise unchanged, Qwen2.5-3B/7B base models with no SFT, and
 SimpleRL-Zoo's 8K training problems. This project's choices, where the paper's values were NOT FOUND: phi linear in
 the reward with phi_min = 0.5 on the reference's nucleus, phi from the sample's own reward (its group's mean is
 --ref-phi-source group-mean), the KL per token (a per-sequence ratio is a product of token ratios and explodes),
-the KL exact over the vocabulary at each visited position (its gradient is the true forward-KL gradient there; the paper's sampled value estimate
-w log w - w + 1 has a biased gradient as a loss, so the sampled option is --kl forward-k3, whose gradient is the
-forward KL's, see grpo.kl_term), alpha = beta = 1e-3, and SimpleRL-Zoo's recipe for everything else (group 8,
+the KL exact over the vocabulary at each visited position (its gradient is the true forward-KL gradient there; the
+paper's sampled value estimate w log w - w + 1 has a biased gradient as a loss, so the sampled option is --kl
+forward-k3, whose gradient is the forward KL's, see grpo.kl_term), alpha = beta = 1e-3, and SimpleRL-Zoo's recipe for everything else (group 8,
 lr 5e-7, clip 0.2, 1024 prompts per step in 4 minibatches, 8192 tokens, temperature 1, reverse-KL 1e-4).
 
 Why the reweighting tempers only the reference's nucleus (`grpo.reweighted_reference`, --ref-nucleus 0.1, this

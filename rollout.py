@@ -150,7 +150,7 @@ class Engine:
         engine is gathered in bf16: half the bytes), and `DTensor` shards are gathered one at a time: call this on
         every rank together, with the same pairs. A tied tensor (one tensor under two names, e.g. a tied input and
         output embedding) is cast and gathered once and sent under both names: the GPU build skips the second, the
-        CPU build needs it to refresh its repacked copy of the output layer (spec/cpu-stack.md §3)."""
+        CPU build needs it to refresh its repacked copy of the output layer (docs/cpu-stack.md §3)."""
         weights = list(weights)
         uses = Counter(id(tensor) for _, tensor in weights)
 

@@ -19,7 +19,7 @@ one line per step ("step/last step register: state after it"), then the boxed an
     >>> toy_reward("S/S c: a4 b4 c8 d4\n\\boxed{a4 b4 c8 d4}", data.Prompt(p, []))
     1.0
 
-Why this family (the toy must reproduce POPE's exploration bottleneck, see ../shared/spec/algorithms.md §2):
+Why this family (the toy must reproduce POPE's exploration bottleneck, see docs/algorithms.md §2):
 - Every line is the same small skill: the next step's name (the letter after the last one), its register (the one
   after the last one), three digits copied and one increased by 8, mod 10. Eight lines in ten *wrap* past 9
   (`wraps`), and that is the one sub-skill the base model gets wrong on purpose: it is warm-started on sloppy worked
@@ -44,7 +44,7 @@ Why this family (the toy must reproduce POPE's exploration bottleneck, see ../sh
 
 The base model: `make_tokenizer` (byte-level BPE trained on the toy corpus, digits split one per token so numbers
 tokenise regularly), a tiny Qwen3 (0.74 M parameters; untied embeddings, head_dim 32: vLLM-CPU constraints,
-../shared/spec/cpu-stack.md), and `warm_start`: a short supervised fine-tune on sloppy solutions of problems of every
+docs/cpu-stack.md), and `warm_start`: a short supervised fine-tune on sloppy solutions of problems of every
 length in WARM_STEPS, half of them guided (the target continues after an oracle prefix), so the base model
 follows POPE's guided prompts (with a quarter guided and 600 steps instead of 900, guided prompts with long prefixes
 were followed badly: 8 of 32 hard problems solvable with a 13-line prefix in 32 samples, against 15 in 8 now).
@@ -238,7 +238,7 @@ def hard_split(n: int = 48, seed: int = 0, steps: tuple[int, int] = HARD_STEPS) 
 
 
 def solution_lines(problem: data.Problem) -> list[str]:
-    """The oracle solution's lines (POPE cuts its guiding prefixes on line boundaries, spec §2.4)."""
+    """The oracle solution's lines (POPE cuts its guiding prefixes on line boundaries, docs/algorithms.md §2.4)."""
     if not problem.solution:
         raise ValueError(f"problem {problem.id} has no oracle solution")
     return problem.solution.split("\n")

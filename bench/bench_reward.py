@@ -1,6 +1,6 @@
 """Benchmark the reward checker against Math-Verify on the peer cases and on the held-out cases, in one run.
 
-    python bench/bench_reward.py            # ../shared/peer-cases/math_answer_cases.jsonl + tests/data/heldout_cases.jsonl
+    python bench/bench_reward.py            # tests/data/peer_cases.jsonl + tests/data/heldout_cases.jsonl
     python bench/bench_reward.py --cases path.jsonl --heldout "" --repeat 5 --show-errors
     python bench/bench_reward.py --no-box-policy answer_phrase     # another extraction policy for our checker
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import reward  # noqa: E402
 
-DEFAULT_CASES = "../shared/peer-cases/math_answer_cases.jsonl"  # relative to the repository root
+DEFAULT_CASES = "tests/data/peer_cases.jsonl"  # relative to the repository root
 DEFAULT_HELDOUT = "tests/data/heldout_cases.jsonl"
 
 

@@ -1,7 +1,7 @@
 """Unit tests of reward.py and the mathexpr.py behind it: one group per extraction policy, normalisation rule and
 equivalence rule, each with near-miss negatives (a false positive is the costly mistake in RL), then time bounds, the
-recursion-limit independence, failure counting, RewardPool, and the peer-case accuracy thresholds (skipped when
-../shared/peer-cases is absent)."""
+recursion-limit independence, failure counting, RewardPool, and the peer-case accuracy thresholds
+(tests/data/peer_cases.jsonl)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import reward
 from reward import RewardPool, extract_answer, is_equiv, math_reward, normalize
 
 ROOT = Path(__file__).resolve().parents[1]
-PEER_CASES = ROOT / "../shared/peer-cases/math_answer_cases.jsonl"
+PEER_CASES = ROOT / "tests" / "data" / "peer_cases.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -465,7 +465,6 @@ def test_pool_reuses_worker_processes(process_pool):
 # ---------------------------------------------------------------------------------------------------------------------
 # Peer cases: the issue's accuracy goals (Math-Verify measured 170/173 on true cases, 204/204 on false cases)
 # ---------------------------------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not PEER_CASES.exists(), reason="../shared/peer-cases is not checked out")
 def test_peer_cases_accuracy_thresholds():
     cases = [json.loads(line) for line in PEER_CASES.read_text().splitlines() if line.strip()]
     headline = [c for c in cases if not c["policy_dependent"]]
