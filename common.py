@@ -71,7 +71,8 @@ def check_model_path(model: str) -> None:
     the local Hugging Face cache). A Hub id's config.json is fetched here (offline: looked up in the cache, at once),
     so an unknown id ends in one line instead of a library's traceback after the first model load."""
     if not model:
-        raise ConfigError("--model is required (a local HF folder or a Hub id such as Qwen/Qwen3-4B-Instruct-2507)")
+        raise ConfigError("--model is required (a local HF folder or a Hub id such as Qwen/Qwen3-4B-Instruct-2507); "
+                          "the CPU toy worlds need none: python toys/pope_compare.py, python toys/rapo_world.py")
     if Path(model).exists():
         if not (Path(model) / "config.json").is_file():
             raise ConfigError(f"--model {model}: the folder has no config.json (not a Hugging Face model folder)")

@@ -1,6 +1,5 @@
 """POPE: privileged on-policy exploration (Qu et al., arXiv 2601.18779). GRPO, plus guided copies of hard problems.
 
-    python pope.py                                                    # the CPU toy world: GRPO vs POPE, minutes
     python pope.py --model Qwen/Qwen3-4B-Instruct-2507                # one 141 GB GPU (80 GB is too small)
     torchrun --nproc_per_node=8 pope.py --model Qwen/Qwen3-4B-Instruct-2507   # one 8-GPU node
 
@@ -27,8 +26,8 @@ solvability eval, as in evaluate.py. Two are this project's: clip 0.2/0.2 (the a
 their asynchronous trainer; this one is synchronous) and the prefix search's k = 16 (the paper's value was not
 published).
 
-With no --model, the toy world's comparison runs (toy.py's task and base model, toy_compare.py's arms), POPE's arm
-built with the functions above.
+The CPU toy world that shows what this does, GRPO and its rivals against POPE from one tiny base model, is
+`python toys/pope_compare.py` (toys/README.md); it builds POPE's arm with the functions above.
 
 Deliberately left out: asynchronous (PipelineRL-style) rollouts, importance weighting between guided and unguided
 contexts (the authors apply none), and generating oracle solutions (the hard set ships verified ones).
@@ -40,7 +39,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +55,7 @@ from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the modul
 
 @dataclass
 class PopeConfig(grpo.Config):
-    model: str = opt("", "HF model id or folder; empty = the CPU toy world (its flags: python pope.py --help)")
+    model: str = opt("", "HF model id or folder (required; the CPU toy comparison is python toys/pope_compare.py)")
     data: str = opt("pope-hard", "hard problems with oracle solutions: a name in data.DATASETS (pope-hard = the "
                     "authors' set for Qwen3-4B-Instruct-2507 with verified Gemini solutions) or a .jsonl/.parquet "
                     "file with problem, answer, solution")
@@ -307,16 +305,9 @@ def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[di
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a.split("=")[0] == "--model" for a in argv):
-        cfg = parse_config(PopeConfig, argv)
-        with one_line_errors(cfg.dist_timeout_minutes):
-            run(cfg)
-    else:  # no model: the toy world, with toy_compare.py's flags (and their --help); it imports this file
-        import toy_compare
-
-        with one_line_errors():
-            toy_compare.run(parse_config(toy_compare.ToyConfig, argv))
+    cfg = parse_config(PopeConfig, argv)
+    with one_line_errors(cfg.dist_timeout_minutes):
+        run(cfg)
     shutdown()
 
 

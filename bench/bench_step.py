@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "toys"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import data  # noqa: E402
 import grpo  # noqa: E402
 import reward  # noqa: E402
-import toy  # noqa: E402
+import tiny  # noqa: E402
 from common import request_seed  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 
@@ -38,7 +39,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="training steps (the first is dropped as warm-up)")
     ap.add_argument("--repeats", type=int, default=5, help="rollout timing repeats for each of the two paths")
     args = ap.parse_args()
-    model = args.model or toy.make_tiny_model(tempfile.mkdtemp(), hidden_size=128, num_layers=4)
+    model = args.model or tiny.make_tiny_model(tempfile.mkdtemp(), hidden_size=128, num_layers=4)
 
     from transformers import AutoTokenizer
 

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "toys"))
 
 import grpo  # noqa: E402
-import toy  # noqa: E402
+import tiny  # noqa: E402
 from rollout import Engine  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
@@ -59,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=7, help="syncs timed per path (alternating)")
     args = ap.parse_args()
-    model_dir = toy.make_tiny_model(tempfile.mkdtemp(), hidden_size=256, num_layers=4, tied=True)
+    model_dir = tiny.make_tiny_model(tempfile.mkdtemp(), hidden_size=256, num_layers=4, tied=True)
     engine = Engine(model_dir, dtype="bfloat16", max_model_len=256, seed=0)
     lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     old, new = before(lm), list(grpo.hf_state(grpo.Scorer(lm)))

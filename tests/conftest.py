@@ -10,6 +10,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "toys"))  # the toy worlds and tiny.py
 
 import pytest  # noqa: E402
 
@@ -21,9 +22,9 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    import toy
+    import tiny
 
-    return toy.make_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))
+    return tiny.make_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import grpo
-import toy
+import tiny
 from rollout import Engine
 from test_grpo_loop import char_fraction_z, tiny_config, tiny_prompts, trainer_logprobs
 
@@ -80,7 +80,7 @@ def served_gap(out_dir: Path) -> float:
 
 @pytest.fixture(scope="module")
 def tied_model(tmp_path_factory) -> str:
-    return toy.make_tiny_model(str(tmp_path_factory.mktemp("tied-model")), tied=True)
+    return tiny.make_tiny_model(str(tmp_path_factory.mktemp("tied-model")), tied=True)
 
 
 def test_sync_casts_to_the_engine_dtype_and_gathers_a_tied_tensor_once(tied_model):

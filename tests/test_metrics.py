@@ -1,8 +1,8 @@
 """The metrics the README's claims rest on, each pinned to its definition on a case small enough to work by hand,
 through the function the trainer and the toys call: solvability at k and pass@k (evaluate.solvability,
-evaluate.summarize, toy_rapo.measure), the rare-way share, the hard-set threshold of mining and the prefix search
+evaluate.summarize, rapo_world.measure), the rare-way share, the hard-set threshold of mining and the prefix search
 and their sampling cost (pope.mine_hard, pope.find_prefixes), rollouts and sampled tokens per step and per arm
-(grpo.step_metrics, toy_compare.run_seed, toy_rapo.run_seed), clip fractions (grpo.grpo_loss -> step_metrics),
+(grpo.step_metrics, pope_compare.run_seed, rapo_world.run_seed), clip fractions (grpo.grpo_loss -> step_metrics),
 the vLLM-vs-trainer logprob gap (grpo.update -> step_metrics), and the learning rate the optimizer really gets
 under each --lr-schedule (grpo.train, pope.PopeConfig's default).
 
@@ -25,9 +25,9 @@ import evaluate
 import grpo
 import pope
 import reward
-import toy
-import toy_compare
-import toy_rapo
+import pope_world
+import pope_compare
+import rapo_world
 from rollout import Sample
 
 
@@ -84,8 +84,8 @@ def test_solvability_is_at_least_one_correct_of_k_and_pass_at_k_the_unbiased_est
     pool.close()
     assert metrics == pytest.approx({"eval_solvable_at_4": 2 / 3, **{f"eval_pass_at_{k}": EXPECTED[f"pass@{k}"]
                                                                      for k in (1, 2, 4)}})
-    # the toy comparison's summary reads the same numbers, renamed (toy_compare.measured)
-    assert toy_compare.measured(metrics, 4) == pytest.approx({"solvable": 2 / 3, **EXPECTED})
+    # the toy comparison's summary reads the same numbers, renamed (pope_compare.measured)
+    assert pope_compare.measured(metrics, 4) == pytest.approx({"solvable": 2 / 3, **EXPECTED})
 
 
 def test_summarize_counts_solved_problems_and_averages_pass_at_k_over_problems():
@@ -100,19 +100,19 @@ def test_summarize_counts_solved_problems_and_averages_pass_at_k_over_problems()
 
 
 def test_rapo_toy_measure_gives_pass_at_k_by_kind_and_the_careful_share():
-    """toy_rapo.measure on 2 held-out problems, n = 4 answers each, written by hand:
+    """rapo_world.measure on 2 held-out problems, n = 4 answers each, written by hand:
         W (d wraps):   careful, careful with a slipped digit, direct, direct   -> rewards 1 0 0 0, careful T T F F
         N (no wrap):   direct, direct, direct, careful                          -> rewards 1 1 1 1, careful F F F T
     careful ("rare way") share = 3 careful of 8 answers = 0.375; careful answers on wrapping problems right: 1 of 2.
     pass@k: W: pass@1 1/4, pass@2 1 - C(3,2)/C(4,2) = 1/2, pass@4 1; N: 1, 1, 1; all = the mean of the two."""
     rng = random.Random(0)
-    wrap, no_wrap = toy_rapo.make_problem(rng, wrap=True), toy_rapo.make_problem(rng, wrap=False)
-    answers = {0: [toy_rapo.careful(wrap.problem), toy_rapo.careful(wrap.problem, slip=1.0, rng=rng),
-                   toy_rapo.direct(wrap.problem), toy_rapo.direct(wrap.problem)],
-               1: [toy_rapo.direct(no_wrap.problem)] * 3 + [toy_rapo.careful(no_wrap.problem)]}
+    wrap, no_wrap = rapo_world.make_problem(rng, wrap=True), rapo_world.make_problem(rng, wrap=False)
+    answers = {0: [rapo_world.careful(wrap.problem), rapo_world.careful(wrap.problem, slip=1.0, rng=rng),
+                   rapo_world.direct(wrap.problem), rapo_world.direct(wrap.problem)],
+               1: [rapo_world.direct(no_wrap.problem)] * 3 + [rapo_world.careful(no_wrap.problem)]}
     prompts = [data.Prompt(wrap, [0]), data.Prompt(no_wrap, [1])]
-    cfg = toy_rapo.RapoToyConfig(eval_samples=4)
-    m = toy_rapo.measure(ScriptedEngine(text=lambda ids, i: answers[ids[0]][i]), prompts, cfg, seed=0)
+    cfg = rapo_world.RapoToyConfig(eval_samples=4)
+    m = rapo_world.measure(ScriptedEngine(text=lambda ids, i: answers[ids[0]][i]), prompts, cfg, seed=0)
     assert m["rare_share"] == 0.375 and m["rare_accuracy_wrap"] == 0.5
     assert m["wrap"] == pytest.approx({"pass@1": 0.25, "pass@2": 0.5, "pass@4": 1.0})
     assert m["no_wrap"] == pytest.approx({"pass@1": 1.0, "pass@2": 1.0, "pass@4": 1.0})
@@ -125,7 +125,7 @@ def test_rapo_toy_measure_gives_pass_at_k_by_kind_and_the_careful_share():
 
 @pytest.fixture(scope="module")
 def toy_tokenizer():
-    return AutoTokenizer.from_pretrained(toy.SHIPPED_MODEL)
+    return AutoTokenizer.from_pretrained(pope_world.SHIPPED_MODEL)
 
 
 def test_mining_keeps_exactly_the_problems_with_no_correct_sample(toy_tokenizer, tmp_path):
@@ -266,14 +266,14 @@ def test_toy_comparison_gives_every_arm_at_least_popes_rollouts_prefix_search_in
         pope: 2 x 3 x 2 = 12 in training + 16 searched = 28 rollouts, 3 x 12 + 80 = 116 tokens"""
     calls = []
     monkeypatch.setattr(grpo, "train", fake_train(calls))
-    cfg = toy_compare.ToyConfig(out_dir=str(tmp_path), n_hard=2, arms="grpo,pope", steps=2, prompts_per_step=3,
+    cfg = pope_compare.ToyConfig(out_dir=str(tmp_path), n_hard=2, arms="grpo,pope", steps=2, prompts_per_step=3,
                                 group_size=2, eval_every=2, eval_k=2, prefix_k=2)
     engine = ScriptedEngine(text=lambda ids, i: "no answer", length=lambda i, call: 5)
-    results = toy_compare.run_seed(cfg, ["grpo", "pope"], engine, toy_tokenizer, seed=0)
+    results = pope_compare.run_seed(cfg, ["grpo", "pope"], engine, toy_tokenizer, seed=0)
     assert [c.group_size for c in calls] == [5, 2]
     assert {arm: (results[arm]["group_size"], results[arm]["rollouts"], results[arm]["sampled_tokens"])
             for arm in ("grpo", "pope")} == {"grpo": (5, 30, 90), "pope": (2, 28, 116)}
-    # "clip_frac" as toy_compare defines it: the largest over steps of clip_frac_pos_adv + clip_frac_neg_adv, a sum
+    # "clip_frac" as pope_compare defines it: the largest over steps of clip_frac_pos_adv + clip_frac_neg_adv, a sum
     # of two fractions with different denominators (step 1: 0.1 + 0.05), not clipped tokens / all tokens
     assert results["grpo"]["clip_frac"] == pytest.approx(0.15)
     assert results["base"]["final"]["solvable"] == 0.0 and results["pope"]["final"]["solvable"] == 0.5
@@ -282,9 +282,9 @@ def test_toy_comparison_gives_every_arm_at_least_popes_rollouts_prefix_search_in
 def test_rapo_toy_budget_is_the_sum_over_steps(toy_tokenizer, tmp_path, monkeypatch):
     """2 steps x 2 prompts x group 2: 8 rollouts of 3 tokens, 24 tokens, for each arm."""
     monkeypatch.setattr(grpo, "train", fake_train([]))
-    cfg = toy_rapo.RapoToyConfig(out_dir=str(tmp_path), n_train=2, n_eval=2, eval_samples=2, steps=2,
+    cfg = rapo_world.RapoToyConfig(out_dir=str(tmp_path), n_train=2, n_eval=2, eval_samples=2, steps=2,
                                  prompts_per_step=2, group_size=2)
-    results = toy_rapo.run_seed(cfg, ["grpo", "rapo"], toy.SHIPPED_MODEL, ScriptedEngine(), toy_tokenizer, seed=0)
+    results = rapo_world.run_seed(cfg, ["grpo", "rapo"], pope_world.SHIPPED_MODEL, ScriptedEngine(), toy_tokenizer, seed=0)
     assert {arm: (results[arm]["rollouts"], results[arm]["sampled_tokens"]) for arm in ("grpo", "rapo")} == {
         "grpo": (8, 24), "rapo": (8, 24)}
 

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 import data
 import grpo
+import prop33
 import rapo
 
 
@@ -59,7 +60,7 @@ def test_phi_per_position_is_the_reference_at_temperature_one_over_phi():
 
 
 def test_prop33_gradient_ascent_reaches_the_root_and_leaves_the_support():
-    d = rapo.prop33_demo()
+    d = prop33.prop33_demo()
     ref, reward, root, ascent, reverse = d["ref"], d["reward"], d["root"], d["ascent"], d["reverse"]
     outside = ref == 0
     assert outside.sum() == 6 and reward[outside].max() == 1, "the toy must reward tokens outside the support"
@@ -82,7 +83,7 @@ ALPHAS, BETAS = (1e-3, 1e-2, 0.1, 0.3, 1.0), (1e-4, 1e-3, 1e-2, 0.1, 1.0)
 
 def references() -> dict[str, np.ndarray]:
     """The demo's reference (exact zeros off tokens 3-12), and the same with two entries of ~1e-8 beside the zeros."""
-    ref = rapo.prop33_demo()["ref"]
+    ref = prop33.prop33_demo()["ref"]
     tiny = ref.copy()
     tiny[[0, 15]] = 1e-8
     return {"demo": ref, "tiny entries": tiny / tiny.sum()}
@@ -100,7 +101,7 @@ def objective(pi, ref, reward, alpha, beta, kl="forward"):
 def check_prop33_root(ref, reward, alpha, beta):
     """The root sums to 1 and solves the condition on the support (in log space: pi(y) = e^-1000 off it at small
     beta) and its closed form off the support; no nearby policy scores higher."""
-    root, lam = rapo.prop33_root(ref, reward, alpha, beta)
+    root, lam = prop33.prop33_root(ref, reward, alpha, beta)
     support = ref > 0
     assert abs(root.sum() - 1) < 1e-9 and np.all(root[support] > 0), (alpha, beta)
     condition = reward[support] + alpha * ref[support] / root[support] - beta * (np.log(root[support]) + 1)
@@ -115,31 +116,31 @@ def check_prop33_root(ref, reward, alpha, beta):
 
 
 def test_prop33_root_at_the_toy_weights():
-    d = rapo.prop33_demo()  # the toy_rapo arm's alpha 0.3 (kl_coef) and beta 1e-3 (entropy_coef)
+    d = prop33.prop33_demo()  # the RAPO toy arm's alpha 0.3 (kl_coef) and beta 1e-3 (entropy_coef)
     root = check_prop33_root(d["ref"], d["reward"], 0.3, 1e-3)
     outside = d["ref"] == 0  # pi = e^((r - lambda) / beta - 1) there, lambda ~1.09: 1e-39 at reward 1, e^-1090 at 0
     assert root[outside & (d["reward"] == 1)].min() > 0, "positive mass outside the support even at beta 1e-3"
 
 
 def test_prop33_root_converges_over_a_grid_and_matches_gradient_ascent_where_it_converges():
-    reward = rapo.prop33_demo()["reward"]
+    reward = prop33.prop33_demo()["reward"]
     for name, ref in references().items():
         for alpha in ALPHAS:
             for beta in BETAS:
                 root = check_prop33_root(ref, reward, alpha, beta)
                 if beta == 1.0:  # where plain gradient ascent converges in well under a second (beta < 0.1: it
                     # must push logits to -1/beta, and takes far more than 100k steps)
-                    assert np.abs(rapo.ascend(ref, reward, alpha, beta) - root).max() < 1e-9, (name, alpha, beta)
+                    assert np.abs(prop33.ascend(ref, reward, alpha, beta) - root).max() < 1e-9, (name, alpha, beta)
 
 
 def test_reverse_kl_optimum_is_exact_over_the_grid():
-    reward = rapo.prop33_demo()["reward"]
+    reward = prop33.prop33_demo()["reward"]
     rng = np.random.default_rng(0)
     for ref in references().values():
         support = ref > 0
         for alpha in ALPHAS:
             for beta in BETAS:
-                pi = rapo.reverse_kl_optimum(ref, reward, alpha, beta)
+                pi = prop33.reverse_kl_optimum(ref, reward, alpha, beta)
                 assert abs(pi.sum() - 1) < 1e-12 and np.all(pi[~support] == 0), (alpha, beta)
                 # stationary on the support: r - alpha (log pi/ref + 1) - beta (log pi + 1) is one lambda there
                 keep = support & (pi > 0)  # on the support, pi underflows to 0 at small alpha + beta
@@ -152,7 +153,7 @@ def test_reverse_kl_optimum_is_exact_over_the_grid():
 
 
 def test_theory_command_prints_the_table_and_saves_the_plot(capsys, tmp_path):
-    rapo.main(["--theory", "--theory-plot", str(tmp_path / "prop33.png")])
+    prop33.main(["--plot", str(tmp_path / "prop33.png")])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s", line)]
     assert len(rows) == 16 and "reverse KL 0.0000" in out, out
@@ -161,7 +162,7 @@ def test_theory_command_prints_the_table_and_saves_the_plot(capsys, tmp_path):
 
 def test_bisection_refuses_an_unbracketed_root():
     with pytest.raises(ValueError, match="not bracketed"):
-        rapo.bisect_decreasing(lambda x: 1 - x, 2.0, 3.0)
+        prop33.bisect_decreasing(lambda x: 1 - x, 2.0, 3.0)
 
 
 def test_help_documents_every_rapo_option_with_its_provenance(capsys):
@@ -193,7 +194,7 @@ def test_explicit_flags_win_over_the_arm_preset(tiny_model, tmp_path):
 def test_each_arm_trains_on_the_tiny_model(tiny_model, engine, tmp_path, arm):
     cfg = rapo.parse(["--arm", arm])
     assert {k: getattr(cfg, k) for k in rapo.ARMS[arm]} == rapo.ARMS[arm]
-    assert cfg.entropy_coef == 1e-3 and cfg.model == "" and cfg.data == "simplerl-zoo"  # no --model: the toy world
+    assert cfg.entropy_coef == 1e-3 and cfg.model == "" and cfg.data == "simplerl-zoo"  # --model is required
     cfg = dataclasses.replace(cfg, model=tiny_model, out_dir=str(tmp_path), steps=2, prompts_per_step=2,
                               group_size=4, max_new_tokens=8, max_model_len=1024, minibatches=1, lr=1e-3,
                               grad_checkpointing=False, log_samples=0)

@@ -1,9 +1,9 @@
-"""The toy comparison (`python pope.py` with no --model; `--model M --help` lists POPE's own flags).
+"""POPE's toy comparison: GRPO's rivals and POPE, trained from one shipped base model on the toy world's hard problems.
 
-    python pope.py                                            # GRPO and POPE side by side, 4.5 minutes
-    python pope.py --arms all --seeds 0,1,2                   # every arm, three seeds (65 min): README's table
+    python toys/pope_compare.py                               # GRPO and POPE side by side, 4.5 minutes
+    python toys/pope_compare.py --arms all --seeds 0,1,2      # every arm, three seeds (65 min): toys/README.md's table
 
-`toy.py` holds the task and its shipped base model; this file holds the experiment around them. Every arm starts
+`pope_world.py` holds the task and its shipped base model; this file holds the experiment around them. Every arm starts
 from the same base model and, per seed, trains on the same 32 hard problems (the seed draws them and seeds all
 sampling); every arm is measured on those problems unguided, with the same prompts, samples and seeds. The arms:
 
@@ -28,20 +28,24 @@ from __future__ import annotations
 import gc
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import data
-import evaluate
-import grpo
-import pope
-import reward
-import toy
-from common import ConfigError, opt
-from rollout import Engine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the algorithms, for `python toys/pope_compare.py`
+
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import grpo  # noqa: E402
+import pope  # noqa: E402
+import pope_world  # noqa: E402
+import reward  # noqa: E402
+import tiny  # noqa: E402
+from common import ConfigError, one_line_errors, opt, parse_config, shutdown  # noqa: E402
+from rollout import Engine  # noqa: E402
 
 ARMS = ("grpo", "grpo-entropy", "grpo-clip-higher", "grpo-klcov", "grpo-mix", "sft-grpo", "pope")
 
@@ -50,8 +54,8 @@ ARMS = ("grpo", "grpo-entropy", "grpo-clip-higher", "grpo-klcov", "grpo-mix", "s
 class ToyConfig:
     out_dir: str = opt("runs/toy", "arms' runs, summary JSON and the PNG (one folder per seed)")
     seeds: str = opt("0", "comma-separated seeds; each draws its own hard problems and seeds every arm's sampling")
-    base_model: str = opt(toy.SHIPPED_MODEL, "toy base-model folder (default: the shipped one, which "
-                          "`python toy.py build` rebuilds)")
+    base_model: str = opt(pope_world.SHIPPED_MODEL, "toy base-model folder (default: the shipped one, which "
+                          "`python pope_world.py build` rebuilds)")
     n_hard: int = opt(32, "hard problems: the training set, and the set whose unguided solvability is measured")
     arms: str = opt("grpo,pope", f"comma-separated arms, or all: {', '.join(ARMS)}")
     steps: int = opt(12, "training steps per arm")
@@ -73,7 +77,7 @@ class ToyConfig:
     prefix_max_fraction: float = opt(0.85, "longest guiding prefix, fraction of lines: candidates 3, 7, 10, 14 of 17 "
                                      "(POPE's 0.25 leaves 12 of 16 steps: about 10 wraps)")
     guided_template: str = opt("no-restate", "POPE's guided prompt; 'no-restate' because the tiny model cannot learn "
-                               "to copy a block from the prompt (toy.py's docstring)")
+                               "to copy a block from the prompt (pope_world.py's docstring)")
     eval_every: int = opt(4, "unguided hard-set solvability every N steps (--steps is a multiple: the last one is "
                           "each arm's result)")
     eval_k: int = opt(8, "solvable = >= 1 correct in k samples (POPE: pass@8)")
@@ -101,10 +105,10 @@ def check(cfg: ToyConfig) -> list[str]:
         raise ConfigError(f"--steps {cfg.steps} must be a multiple of --eval-every {cfg.eval_every} "
                           f"(the last step's evaluation is each arm's final result)")
     if not Path(cfg.base_model, "config.json").is_file():
-        if cfg.base_model != toy.SHIPPED_MODEL:
+        if cfg.base_model != pope_world.SHIPPED_MODEL:
             raise ConfigError(f"--base-model {cfg.base_model}: no config.json there; build one with "
-                              f"`python toy.py build {cfg.base_model}`")
-        toy.build_base_model(cfg.base_model)  # the shipped folder is missing (deleted?): rebuild it, ~5 minutes
+                              f"`python pope_world.py build {cfg.base_model}`")
+        pope_world.build_base_model(cfg.base_model)  # the shipped folder is missing (deleted?): rebuild it, ~5 minutes
     return arms
 
 
@@ -116,11 +120,11 @@ def measured(metrics: dict, eval_k: int) -> dict:
 
 def sft_model(cfg: ToyConfig, base_dir: str, tok, hard: list[data.Problem], out_dir: Path, seed: int) -> str:
     """The sft-grpo arm's start: the base model fine-tuned on the hard problems' full oracle solutions, the same
-    privileged data POPE cuts its prefixes from (toy.warm_start: cross-entropy on the solution tokens)."""
+    privileged data POPE cuts its prefixes from (tiny.warm_start: cross-entropy on the solution tokens)."""
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     examples = [(data.make_prompt(tok, p).prompt_ids,
                  tok.encode(p.solution, add_special_tokens=False) + [tok.eos_token_id]) for p in hard]
-    toy.warm_start(model, examples, steps=cfg.sft_steps, batch_size=min(16, len(examples)), lr=cfg.sft_lr,
+    tiny.warm_start(model, examples, steps=cfg.sft_steps, batch_size=min(16, len(examples)), lr=cfg.sft_lr,
                    warmup=max(1, cfg.sft_steps // 10), seed=seed, log_every=0)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
@@ -130,12 +134,12 @@ def sft_model(cfg: ToyConfig, base_dir: str, tok, hard: list[data.Problem], out_
 def run_seed(cfg: ToyConfig, arms: list[str], engine: Engine, tok, seed: int) -> dict:
     """Every arm for one seed: the base model's and each arm's unguided hard-set results, and each arm's budget."""
     out = Path(cfg.out_dir) / f"seed{seed}"
-    hard = toy.hard_split(cfg.n_hard, seed=seed)
+    hard = pope_world.hard_split(cfg.n_hard, seed=seed)
     unguided = [data.make_prompt(tok, p) for p in hard]
     engine.sync_weights(AutoModelForCausalLM.from_pretrained(cfg.base_model).named_parameters(
         remove_duplicate=False))  # the base again
     pool = reward.RewardPool(0)
-    base = measured(evaluate.solvability(engine, pool, toy.toy_reward, unguided, k=cfg.eval_k, temperature=1.0,
+    base = measured(evaluate.solvability(engine, pool, pope_world.toy_reward, unguided, k=cfg.eval_k, temperature=1.0,
                                          max_tokens=cfg.max_new_tokens, seed=seed, step=cfg.steps - 1,
                                          top_p=1.0, top_k=0, rank=0, world=1, device="cpu"), cfg.eval_k)
     pool.close()
@@ -146,7 +150,7 @@ def run_seed(cfg: ToyConfig, arms: list[str], engine: Engine, tok, seed: int) ->
         pope_cfg = pope.PopeConfig(model=cfg.base_model, data=f"toy hard split of {cfg.n_hard}", out_dir=str(out),
                                    seed=seed, guided_template=cfg.guided_template)
         settings = (cfg.prefix_k, cfg.max_new_tokens, cfg.prefix_max_fraction, cfg.guided_template)
-        prefixes = pope.find_prefixes(engine, tok, hard, toy.toy_reward,
+        prefixes = pope.find_prefixes(engine, tok, hard, pope_world.toy_reward,
                                       pope.cache_path(pope_cfg, "prefixes", *settings), k=cfg.prefix_k,
                                       temperature=1.0, max_tokens=cfg.max_new_tokens, seed=seed,
                                       max_fraction=cfg.prefix_max_fraction, template=cfg.guided_template)
@@ -157,7 +161,7 @@ def run_seed(cfg: ToyConfig, arms: list[str], engine: Engine, tok, seed: int) ->
         searched = {"rollouts": sum(r["samples"] for r in prefixes.values()),
                     "sampled_tokens": sum(r["tokens"] for r in prefixes.values())}
     if "grpo-mix" in arms:
-        easy = [replace(data.make_prompt(tok, p), kind="easy") for p in toy.easy_split(cfg.n_hard, seed=seed)]
+        easy = [replace(data.make_prompt(tok, p), kind="easy") for p in pope_world.easy_split(cfg.n_hard, seed=seed)]
         training["grpo-mix"] = [p for pair in zip(unguided, easy) for p in pair]  # 1:1, interleaved
     pope_rollouts = searched.get("rollouts", 0) + cfg.steps * cfg.prompts_per_step * cfg.group_size
     baseline_group = cfg.baseline_group_size or (math.ceil(pope_rollouts / (cfg.steps * cfg.prompts_per_step))
@@ -168,7 +172,7 @@ def run_seed(cfg: ToyConfig, arms: list[str], engine: Engine, tok, seed: int) ->
         if arm == "sft-grpo":
             model = sft_model(cfg, cfg.base_model, tok, hard, out / arm / "sft-model", seed)
         group = cfg.group_size if arm == "pope" else baseline_group
-        history = grpo.train(arm_config(cfg, model, arm, seed, group), training[arm], toy.toy_reward,
+        history = grpo.train(arm_config(cfg, model, arm, seed, group), training[arm], pope_world.toy_reward,
                              eval_prompts=unguided, engine=engine)
         evals = [(h["step"] + 1, measured(h, cfg.eval_k)) for h in history if f"eval_solvable_at_{cfg.eval_k}" in h]
         before = searched if arm == "pope" else {}
@@ -252,3 +256,13 @@ def plot_comparison(per_seed: dict[int, dict], cfg: ToyConfig, path: Path) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def main(argv=None) -> None:
+    with one_line_errors():
+        run(parse_config(ToyConfig, argv))
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-r"""RAPO's toy world: `python rapo.py` with no --model. Watch pass@k at large k shrink under GRPO and hold under RAPO.
+r"""RAPO's toy world: watch pass@k at large k shrink under GRPO and hold under RAPO (`python toys/rapo_world.py`).
 
 RAPO's claim (Deng et al., arXiv 2510.03865) is about reach: RL sharpens the policy onto its most rewarded way of
 answering, and what it stops sampling it can no longer solve, so pass@k at large k falls below the base model's; a
@@ -63,6 +63,7 @@ from __future__ import annotations
 import gc
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,14 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 
-import data
-import evaluate
-import grpo
-import toy
-from common import ConfigError, opt, request_seed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the algorithms, for `python toys/rapo_world.py`
+
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import grpo  # noqa: E402
+import pope_world  # noqa: E402
+import tiny  # noqa: E402
+from common import ConfigError, one_line_errors, opt, parse_config, request_seed, shutdown  # noqa: E402
 
 RARE = 0.15  # the warm-start data's share of `careful` answers (the base model then writes 13%)
 DIRECT_SLIP = 0.1  # a direct answer's chance of a wrong digit
@@ -86,11 +90,11 @@ ADD = 3  # the task adds 3 to register d: 3 in 10 problems wrap past 9
 def make_problem(rng: random.Random, wrap: bool | None = None, pid: str = "") -> data.Problem:
     """Registers a, b, c, d; add 3 to d, mod 10. `wrap` forces d + 3 >= 10 (True) or < 10 (False)."""
     while True:
-        state = "".join(str(rng.randrange(10)) for _ in toy.REGISTERS)
+        state = "".join(str(rng.randrange(10)) for _ in pope_world.REGISTERS)
         if wrap is None or (int(state[3]) + ADD >= 10) == wrap:
             break
-    text = f"Registers start at {toy.show(state)}. Add 3 to register d, mod 10. What are the registers?"
-    answer = toy.show(state[:3] + str((int(state[3]) + ADD) % 10))
+    text = f"Registers start at {pope_world.show(state)}. Add 3 to register d, mod 10. What are the registers?"
+    answer = pope_world.show(state[:3] + str((int(state[3]) + ADD) % 10))
     return data.Problem(id=pid or f"add3-{state}", problem=text, answer=answer, solution=careful(text))
 
 
@@ -106,7 +110,7 @@ def direct(text: str, slip: float = 0.0, rng: random.Random | None = None) -> st
     """The common way: the new state at once, with the misconception: a register that would pass 9 stops at 9."""
     state = _state(text)
     d = _slip(min(int(state[3]) + ADD, 9), slip, rng)
-    return f"\\boxed{{{toy.show(state[:3] + str(d))}}}"
+    return f"\\boxed{{{pope_world.show(state[:3] + str(d))}}}"
 
 
 def careful(text: str, slip: float = 0.0, rng: random.Random | None = None) -> str:
@@ -114,7 +118,7 @@ def careful(text: str, slip: float = 0.0, rng: random.Random | None = None) -> s
     state = _state(text)
     total = int(state[3]) + ADD
     d = _slip(total % 10, slip, rng)
-    return f"d: {state[3]} + 3 = {total:02d}, mod 10: {d}\n\\boxed{{{toy.show(state[:3] + str(d))}}}"
+    return f"d: {state[3]} + 3 = {total:02d}, mod 10: {d}\n\\boxed{{{pope_world.show(state[:3] + str(d))}}}"
 
 
 def split(n: int, seed: int, name: str, wrap_share: float | None) -> list[data.Problem]:
@@ -136,7 +140,7 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, step
                      careful_slip: float = CAREFUL_SLIP, hidden_size: int = 128, num_layers: int = 4,
                      force: bool = False, log_every: int = 100) -> str:
     """Tokenizer + tiny Qwen3 + a supervised warm-start on sloppy answers of random problems (never the eval
-    split's): `careful` with probability `rare`, else `direct`. Cached in `out_dir` like toy.build_base_model."""
+    split's): `careful` with probability `rare`, else `direct`. Cached in `out_dir` like pope_world.build_base_model."""
     settings = dict(seed=seed, n_train=n_train, steps=steps, batch_size=batch_size, lr=lr, rare=rare,
                     direct_slip=direct_slip, careful_slip=careful_slip, hidden_size=hidden_size, num_layers=num_layers,
                     version=3)
@@ -147,15 +151,15 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, step
     problems = [make_problem(rng, pid=f"warm-{i}") for i in range(n_train)]
     corpus = [data.DEFAULT_SYSTEM_PROMPT, "system user assistant"] + [
         t for p in problems[:300] for t in (p.problem, careful(p.problem), direct(p.problem))]
-    tok = toy.make_tokenizer(corpus, 384, split_digits=True)
+    tok = tiny.make_tokenizer(corpus, 384, split_digits=True)
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(toy.qwen3_config(tok, hidden_size, num_layers, 256))
+    model = Qwen3ForCausalLM(tiny.qwen3_config(tok, hidden_size, num_layers, 256))
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     examples = [(data.make_prompt(tok, p).prompt_ids, tok.encode(
         careful(p.problem, careful_slip, rng) if rng.random() < rare else direct(p.problem, direct_slip, rng),
         add_special_tokens=False) + [tok.eos_token_id]) for p in problems]
-    losses = toy.warm_start(model, examples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+    losses = tiny.warm_start(model, examples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                             log_every=log_every)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -215,7 +219,7 @@ def measure(engine, prompts: list[data.Prompt], cfg: RapoToyConfig, seed: int) -
     the share of answers that take the rare way (`careful`: they start with "d:")."""
     groups = engine.generate([p.prompt_ids for p in prompts], n=cfg.eval_samples, temperature=1.0,
                              max_tokens=cfg.max_new_tokens, seeds=[request_seed(seed, i) for i in range(len(prompts))])
-    scores = np.array([[toy.toy_reward(s.text, p) for s in g] for g, p in zip(groups, prompts)])  # [P, n]
+    scores = np.array([[pope_world.toy_reward(s.text, p) for s in g] for g, p in zip(groups, prompts)])  # [P, n]
     rare = np.array([[s.text.startswith("d:") for s in g] for g in groups])  # [P, n]
     wrap = np.array([is_wrap(p.problem) for p in prompts])  # [P]
     careful_on_wrap = scores[wrap][rare[wrap]]  # rewards of the careful answers to wrapping problems
@@ -238,7 +242,7 @@ def run_seed(cfg: RapoToyConfig, arms: list[str], base_dir: str, engine, tok, se
                               temperature=1.0, max_new_tokens=cfg.max_new_tokens, max_model_len=256, lr=cfg.lr,
                               adv_std_norm=False, micro_batch_size=128, log_samples=1, entropy_coef=cfg.entropy_coef,
                               **ARMS[arm](cfg))
-        history = grpo.train(arm_cfg, train, toy.toy_reward, engine=engine)  # the engine ends with its weights
+        history = grpo.train(arm_cfg, train, pope_world.toy_reward, engine=engine)  # the engine ends with its weights
         results[arm] = {"pass": measure(engine, held_out, cfg, seed), "entropy": [h["entropy"] for h in history],
                         "reward": [h["reward"] for h in history],
                         "rollouts": sum(h["samples"] for h in history),
@@ -300,7 +304,7 @@ def run(cfg: RapoToyConfig) -> dict:
     for arm, row in summary["table"].items():
         print(f"{arm:<10}" + "".join(f"{'{:.3f} [{:.3f}, {:.3f}]'.format(*row[c]):>22}" for c in columns))
     plot(per_seed, Path(cfg.out_dir) / "rapo_toy.png")
-    del engine  # vLLM's teardown resets process-wide state: run it now (see toy_compare.run)
+    del engine  # vLLM's teardown resets process-wide state: run it now (see pope_compare.run)
     gc.collect()
     print(f"rapo toy: {time.time() - t0:.0f} s; summary {cfg.out_dir}/summary.json, plot {cfg.out_dir}/rapo_toy.png")
     return summary
@@ -331,3 +335,13 @@ def plot(per_seed: dict[int, dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def main(argv=None) -> None:
+    with one_line_errors():
+        run(parse_config(RapoToyConfig, argv))
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()

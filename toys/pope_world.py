@@ -1,4 +1,4 @@
-r"""The toy world: a synthetic task family with oracle solutions, and a tiny Qwen3 "base model" warm-started on it.
+r"""POPE's toy world: a synthetic task family with oracle solutions, and a tiny Qwen3 "base model" warm-started on it.
 
 Everything here runs offline on a CPU and produces real Hugging Face folders that both `transformers` and vLLM load,
 so the trainer's GPU code path is the one exercised on a laptop.
@@ -28,7 +28,7 @@ Why this family (the toy must reproduce POPE's exploration bottleneck, see docs/
   wrapping line, and the right one keeps about 0.4 of the probability: greedy decoding or any lower temperature
   makes the base model worse, not better, and a k-step problem with w wraps is solved with probability about
   0.4^w at T = 1: often for 1-4 steps, essentially never for 16 steps (12 to 16 wraps, "hard"), at any temperature.
-  Measured, not assumed: `python toy.py measure` prints the decoding sweep.
+  Measured, not assumed: `python toys/pope_world.py measure` prints the decoding sweep.
 - A wrong digit is never repaired later (a saturated register then carries on from 9), and the answer space has
   10^4 values, so a sloppy chain almost never lands on the gold answer by luck.
 - An oracle prefix of m lines leaves k - m lines to execute: near the end, one or two wraps, so a guided prompt is
@@ -42,7 +42,7 @@ Why this family (the toy must reproduce POPE's exploration bottleneck, see docs/
   template: restating the prefix means copying a block from the middle of the prompt, a look-up again. With
   "no-restate", the guided rollout continues right after the prefix's last line.
 
-The base model: `make_tokenizer` (byte-level BPE trained on the toy corpus, digits split one per token so numbers
+The base model (tiny.py's machinery): `make_tokenizer` (byte-level BPE trained on the toy corpus, digits split one per token so numbers
 tokenise regularly), a tiny Qwen3 (0.74 M parameters; untied embeddings, head_dim 32: vLLM-CPU constraints,
 docs/cpu-stack.md), and `warm_start`: a short supervised fine-tune on sloppy solutions of problems of every
 length in WARM_STEPS, half of them guided (the target continues after an oracle prefix), so the base model
@@ -52,7 +52,10 @@ were followed badly: 8 of 32 hard problems solvable with a 13-line prefix in 32 
 left out: a math verifier (the reward is exact match of the last \boxed{}), and the hard split's own problems in the
 warm-start.
 
-`make_tiny_model(out_dir)` (the random tiny Qwen3 the unit tests use) is kept: a random model + a small tokenizer.
+    python toys/pope_world.py build|measure [MODEL_DIR]      # rebuild the shipped base model / its decoding sweep
+
+The tokenizer, model and warm-start machinery are tiny.py's; the comparison that trains on this world is
+pope_compare.py.
 """
 
 from __future__ import annotations
@@ -66,72 +69,14 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoTokenizer, Qwen3ForCausalLM
 
-import data
-import reward
-from common import BENCHMARK
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the algorithms, for `python toys/pope_world.py`
 
-# Qwen's chat format without the tool-calling branches: <|im_start|>role\ncontent<|im_end|>\n ...
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-
-def make_tokenizer(corpus: list[str], vocab_size: int = 384, split_digits: bool = False) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `corpus` (any text still encodes, byte by byte). EOS is <|im_end|>.
-
-    `split_digits=True` makes every digit its own token (no "77" merges), so numbers tokenise the same way everywhere.
-    """
-    tok = Tokenizer(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                         if split_digits else byte_level)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=["<|im_start|>"], chat_template=CHAT_TEMPLATE,
-                                   padding_side="left")
-
-
-DEFAULT_CORPUS = [
-    "What is 1/2 + 1/4? The answer is \\boxed{3/4}.",
-    "Solve x^2 = 4, so x = \\pm 2.",
-    "system user assistant Please reason step by step, and put your final answer within \\boxed{}.",
-    "0123456789 +-*/=()[]{}^_.,:;!? \\frac{\\sqrt{3}}{2}",
-] * 10
-
-
-def qwen3_config(tok: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, max_positions: int,
-                 intermediate_size: int | None = None, num_heads: int = 4, num_kv_heads: int = 2,
-                 tied: bool = False) -> Qwen3Config:
-    return Qwen3Config(vocab_size=len(tok), hidden_size=hidden_size,
-                       intermediate_size=intermediate_size or 2 * hidden_size,
-                       num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                       head_dim=32,  # vLLM's CPU attention supports head_dim in {32, 64, ...} only
-                       max_position_embeddings=max_positions, tie_word_embeddings=tied,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
-
-
-def make_tiny_model(out_dir: str, seed: int = 0, corpus: list[str] | None = None, vocab_size: int = 384,
-                    hidden_size: int = 64, num_layers: int = 2, max_positions: int = 1024, tied: bool = False) -> str:
-    """Build a random tiny Qwen3 + tokenizer and save both to `out_dir`; returns `out_dir`. `tied=True` ties the
-    input and output embeddings, as Qwen3-4B-Instruct-2507 does."""
-    tok = make_tokenizer(corpus or DEFAULT_CORPUS, vocab_size)
-    cfg = qwen3_config(tok, hidden_size, num_layers, max_positions, tied=tied)
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
-
+import data  # noqa: E402
+import reward  # noqa: E402
+from common import BENCHMARK  # noqa: E402
+from tiny import make_tokenizer, qwen3_config, warm_start  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # The task family
@@ -219,12 +164,12 @@ def make_split(n: int, min_steps: int, max_steps: int, seed: int = 0, name: str 
 # 4 x 8 = 32), a 1-to-4-step one 0 to 4 times, and each wrap is right with probability about q = 1 - WRAP_ERROR at
 # T = 1 and less at any lower temperature (the error is the argmax): q^12 or less is what makes HARD_STEPS hard at
 # every decoding, while an oracle prefix that leaves 2 lines leaves about 1.6 wraps. Measured by
-# `python toy.py measure` (numbers in the README's toy section).
+# `python toys/pope_world.py measure` (numbers in toys/README.md).
 WARM_STEPS = (1, 16)
 EASY_STEPS = (1, 4)
 HARD_STEPS = (16, 16)
 WRAP_ERROR = 0.6
-SHIPPED_MODEL = str(Path(__file__).resolve().with_name("toy-model"))  # build_base_model()'s output, in the repo
+SHIPPED_MODEL = str(Path(__file__).resolve().with_name("pope-model"))  # build_base_model()'s output, in the repo
 
 
 def easy_split(n: int = 64, seed: int = 0, steps: tuple[int, int] = EASY_STEPS) -> list[data.Problem]:
@@ -328,51 +273,6 @@ def warm_start_examples(tok, n: int, steps: tuple[int, int] = WARM_STEPS, seed: 
     return out
 
 
-def warm_start(model: Qwen3ForCausalLM, examples: list[tuple[list[int], list[int]]], steps: int = 600,
-               batch_size: int = 32, lr: float = 3e-3, warmup: int = 30, weight_decay: float = 0.01,
-               seed: int = 0, log_every: int = 50, long_prompt: int = 150) -> list[float]:
-    """Plain supervised fine-tuning, fp32 on CPU: cross-entropy on target tokens only (prompt tokens masked),
-    AdamW with linear warm-up then cosine decay, grad-norm clip 1.0. Returns the loss per step.
-
-    Each batch holds only short prompts (unguided, 86 tokens) or only long ones (guided: the template alone is ~170
-    tokens), split at `long_prompt` tokens and drawn in proportion, so short examples are not padded to guided
-    length. (Finer length buckets made it 1.5x faster, but the base model it gave followed guided prompts worse:
-    11 instead of 26 of the 32 hard problems were solvable with a prefix.)"""
-    torch.manual_seed(seed)
-    rng = random.Random(f"batches-{seed}")
-    buckets = [[e for e in examples if len(e[0]) <= long_prompt], [e for e in examples if len(e[0]) > long_prompt]]
-    buckets = [b for b in buckets if b]
-    weights = [len(b) for b in buckets]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
-    pad = model.config.pad_token_id
-    model.train()
-    losses, t0 = [], time.time()
-    for step in range(steps):
-        batch = rng.sample(rng.choices(buckets, weights)[0], batch_size)
-        length = max(len(p) + len(t) for p, t in batch)
-        ids = torch.full((len(batch), length), pad, dtype=torch.long)
-        labels = torch.full((len(batch), length), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), length), dtype=torch.long)
-        for row, (p, t) in enumerate(batch):  # right padding: positions start at 0 for every row
-            seq = p + t
-            ids[row, :len(seq)] = torch.tensor(seq)
-            labels[row, len(p):len(seq)] = torch.tensor(t)
-            mask[row, :len(seq)] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"warm-start step {step:4d}  loss {loss.item():.4f}  {time.time() - t0:.0f}s", flush=True)
-    model.eval()
-    return losses
-
-
 def build_base_model(out_dir: str = SHIPPED_MODEL, seed: int = 0, *, n_train: int = 20_000,
                      train_steps: tuple[int, int] = WARM_STEPS, wrap_error: float = WRAP_ERROR, steps: int = 900,
                      batch_size: int = 16, lr: float = 2e-3, guided_frac: float = 0.5, template: str = "no-restate",
@@ -467,15 +367,13 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
 
 
 def main(argv: list[str]) -> None:
-    usage = ("usage: python toy.py build|measure [MODEL_DIR]   (default: the shipped base model, toy-model/)\n"
+    usage = ("usage: python toys/pope_world.py build|measure [MODEL_DIR]   (default: the shipped base model, "
+             "toys/pope-model/)\n"
              "  build    rebuild the base model (~5 minutes; the shipped one is this command's output)\n"
              "  measure  the base model's decoding sweep and pass@k, unguided and guided (~3 minutes)\n"
-             "The comparison: python pope.py [--arms all --seeds 0,1,2]; its flags: python pope.py --help.\n"
-             "Its arms: ")
+             "The comparison: python toys/pope_compare.py [--arms all --seeds 0,1,2]; its flags: --help there.")
     if not argv or argv[0] not in ("build", "measure"):
-        import toy_compare  # here: only the usage text needs it (it imports the trainer and vLLM)
-
-        print(usage + ", ".join(toy_compare.ARMS))
+        print(usage)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     out = argv[1] if len(argv) > 1 else SHIPPED_MODEL
     build_base_model(out, force=argv[0] == "build")
