@@ -80,7 +80,7 @@ def test_solvability_is_at_least_one_correct_of_k_and_pass_at_k_the_unbiased_est
     prompts = [bare_prompt(i) for i in range(3)]
     pool = reward.RewardPool(0)
     metrics = evaluate.solvability(ScriptedEngine(), pool, first_correct(CORRECT), prompts, k=4, temperature=1.0,
-                                   max_tokens=4, seed=0, top_p=1.0, top_k=0, rank=0, world=1, device="cpu")
+                                   max_tokens=4, seed=0, step=0, top_p=1.0, top_k=0, rank=0, world=1, device="cpu")
     pool.close()
     assert metrics == pytest.approx({"eval_solvable_at_4": 2 / 3, **{f"eval_pass_at_{k}": EXPECTED[f"pass@{k}"]
                                                                      for k in (1, 2, 4)}})
