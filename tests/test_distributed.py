@@ -115,6 +115,7 @@ def test_tied_embeddings_train_serve_and_save_tied(tied_model, tmp_path, ranks):
     assert (reloaded.model.embed_tokens.weight - base.model.embed_tokens.weight).abs().max() > 1e-3, "it trained"
 
 
+@pytest.mark.slow
 def test_bfloat16_on_two_ranks_tracks_the_float32_run(tiny_model, tmp_path):
     """--dtype bfloat16 on 2 ranks (vLLM in bf16, FSDP2 computing in bf16 over float32 master weights), with
     gradient checkpointing, micro-batches of 3 (so 3, 3, 3, 3, 3, 1 sequences of unequal lengths) and a KL term,
