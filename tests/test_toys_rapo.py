@@ -81,7 +81,9 @@ def test_rapo_toy_runs_end_to_end(tmp_path) -> None:
 def test_grpo_narrows_reach_and_rapo_keeps_it(tmp_path) -> None:
     """The claim, on seeds 0 and 1, at the default settings with 32 held-out problems instead of 64 (about 6
     minutes): GRPO raises pass@1 and lowers pass@256 below the base model's; RAPO raises pass@1 and keeps pass@256
-    at the base model's or above. Planted bug that fails it: RAPO's phi_min at 0.5 (see rapo_world's docstring)."""
+    at the base model's or above. Planted bug that fails it: the whole-vocabulary reweighting (--ref-nucleus 0): the
+    run stops at step 0 (ref_hat_tail 0.273 > --ref-hat-max-tail 0.01); before that check existed, it took RAPO's
+    pass@1 from 0.59 to 0.15 on seed 0 (rapo_world's docstring)."""
     cfg = rapo_world.RapoToyConfig(out_dir=str(tmp_path), seeds="0,1", arms="grpo,rapo", n_eval=32)
     summary = rapo_world.run(cfg)
     for seed, runs in summary["seeds"].items():
