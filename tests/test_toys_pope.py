@@ -197,9 +197,10 @@ def test_hard_problems_are_hard_at_every_temperature() -> None:
 
 @pytest.mark.slow
 def test_pope_solves_hard_problems_that_grpo_does_not(tmp_path) -> None:
-    """The toy's claim, as `python toys/pope_compare.py` runs it (32 hard problems, 12 steps), for seeds 0 and 1 (9 to 20 minutes):
-    the base model solves at most 1 of 32 hard problems unguided; GRPO, with at least POPE's sampling budget, stays
-    far below POPE, which makes most of them solvable. (Measured: GRPO 0 and 0, POPE 0.91 and 0.91. A smaller setting
+    """The toy's claim, as `python toys/pope_compare.py` runs it (32 hard problems, 12 steps), for seeds 0 and 1
+    (9 to 20 minutes): the base model solves at most 1 of 32 hard problems unguided; GRPO, with at least POPE's
+    sampling budget, stays far below POPE, which makes most of them solvable. (Measured before the offline seeds
+    changed: GRPO 0 and 0, POPE 0.91 and 0.91; it passed after. A smaller setting
     is not safe: with 16 problems and 8 steps, GRPO on seed 0 drew a correct answer early and bootstrapped to 1.0.)"""
     import pope_compare
 
