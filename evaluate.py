@@ -156,7 +156,8 @@ def sample_scores(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: l
 
     `reward_fn(text, prompt) -> float` runs in `pool`. Prompt i (its index in the full list) is sampled with the
     request seed common.stage_seed(seed, stage, round_index, i), whatever the number of ranks. Prompts go to vLLM a
-    few at a time, about `samples_per_call` samples per call, so at n = 2048 the completions of only a couple of problems are held.
+    few at a time, about `samples_per_call` samples per call, so at n = 2048 the completions of only a couple of
+    problems are held.
     """
     mine = list(range(rank, len(prompts), world))
     per_call = max(1, samples_per_call // n)

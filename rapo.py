@@ -33,8 +33,9 @@ the reward with phi_min = 0.5 on the reference's nucleus, phi from the sample's 
 --ref-phi-source group-mean), the KL per token (a per-sequence ratio is a product of token ratios and explodes),
 the KL exact over the vocabulary at each visited position (its gradient is the true forward-KL gradient there; the
 paper's sampled value estimate w log w - w + 1 has a biased gradient as a loss, so the sampled option is --kl
-forward-k3, whose gradient is the forward KL's, see grpo.kl_term), alpha = beta = 1e-3, and SimpleRL-Zoo's recipe for everything else (group 8,
-lr 5e-7, clip 0.2, 1024 prompts per step in 4 minibatches, 8192 tokens, temperature 1, reverse-KL 1e-4).
+forward-k3, whose gradient is the forward KL's, see grpo.kl_term), alpha = beta = 1e-3, and SimpleRL-Zoo's recipe
+for everything else (group 8, lr 5e-7, clip 0.2, 1024 prompts per step in 4 minibatches, 8192 tokens, temperature
+1, reverse-KL 1e-4).
 
 Why the reweighting tempers only the reference's nucleus (`grpo.reweighted_reference`, --ref-nucleus 0.1, this
 project's): ref^phi / Z over the whole vocabulary lifts every token the reference rules out. At Qwen's 151,936

