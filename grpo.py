@@ -283,15 +283,16 @@ def _chunk_stats(h, y, ref_h=None, phi=None, *, head, ref_head, temperature, nuc
     if ref_h is None:
         return logp, entropy
     ref_all = torch.log_softmax(_logits(ref_h, ref_head, temperature), dim=-1)  # [n, V]
-    reweighting = ()
-    if phi is not None:  # RAPO: ref_hat in place of ref, and what the reweighting did to it
-        plain, ref_all = ref_all, reweighted_reference(ref_all, phi, nucleus)  # [n, V] each
-        hat = ref_all.exp()  # [n, V]
-        tail = (hat * (plain < math.log(REF_TAIL_BELOW))).sum(-1)  # [n]
-        gain = torch.special.entr(hat).sum(-1) - torch.special.entr(plain.exp()).sum(-1)  # [n] H(ref_hat) - H(ref)
+    plain, reweighting = ref_all, ()
+    if phi is not None:  # RAPO: ref_hat in place of ref
+        ref_all = reweighted_reference(plain, phi, nucleus)  # [n, V]
+    ref_probs = ref_all.exp()  # [n, V]
+    if phi is not None:  # what the reweighting did to the reference
+        tail = (ref_probs * (plain < math.log(REF_TAIL_BELOW))).sum(-1)  # [n]
+        gain = torch.special.entr(ref_probs).sum(-1) - torch.special.entr(plain.exp()).sum(-1)  # [n] H(ref_hat)-H(ref)
         reweighting = (tail, gain)
     ref_logp = ref_all.gather(-1, y[:, None])[:, 0]  # [n]
-    kl_forward = (ref_all.exp() * (ref_all - logp_all)).sum(-1)  # [n] KL(ref || pi) at this position
+    kl_forward = (ref_probs * (ref_all - logp_all)).sum(-1)  # [n] KL(ref || pi) at this position
     kl_reverse = (logp_all.exp() * (logp_all - ref_all)).sum(-1)  # [n] KL(pi || ref) at this position
     return (logp, entropy, ref_logp, kl_forward, kl_reverse) + reweighting
 
@@ -729,9 +730,10 @@ def update(policy, ref, optimizer, ro: Rollouts, cfg: Config, device, autocast, 
                 (loss * world_size()).backward()  # FSDP averages gradients over ranks; the weights count all ranks
             if "ref_hat_tail" in stats:  # RAPO: what the reweighting did, on the tokens it reweighted (phi < 1)
                 tempered = mb.per_token(mb.phi) < 1  # [N]
-                sums.update({k: sums.get(k, 0.0) + v.item() for k, v in [
-                    ("ref_hat_tail", stats["ref_hat_tail"][tempered].sum()), ("n_reweighted", tempered.sum()),
-                    ("ref_hat_entropy_gain", stats["ref_hat_entropy_gain"][tempered].sum())]})
+                parts = torch.stack([stats["ref_hat_tail"][tempered].sum(), tempered.sum().to(stats["logp"].dtype),
+                                     stats["ref_hat_entropy_gain"][tempered].sum()]).tolist()  # one host sync
+                for k, v in zip(("ref_hat_tail", "n_reweighted", "ref_hat_entropy_gain"), parts):
+                    sums[k] = sums.get(k, 0.0) + v
             gap = (old - mb.per_token(mb.sampler_logp)).abs()  # [N] the trainer at the rollout weights vs vLLM
             sums.update(gap_sum=sums["gap_sum"] + gap.sum().item(), gap_max=max(sums["gap_max"], gap.max().item()),
                         n_tokens=sums["n_tokens"] + len(gap))
@@ -772,8 +774,8 @@ def check_health(metrics: dict, cfg: Config) -> None:
             f"a token on average (bound {bound:g}, --max-logprob-gap): the engine is not serving the trainer's "
             "weights. Likely a weight sync that loaded nothing or the wrong names (a model whose HF names vLLM maps "
             "differently), a stale prefix cache, or an engine of another dtype; the first bad step says which sync")
-    for name, flag in [("ref_hat_tail", "--ref-hat-max-tail"), ("ref_hat_entropy_gain", "--ref-hat-max-entropy-gain")]:
-        limit = getattr(cfg, flag[2:].replace("-", "_"))
+    for name, limit, flag in [("ref_hat_tail", cfg.ref_hat_max_tail, "--ref-hat-max-tail"),
+                              ("ref_hat_entropy_gain", cfg.ref_hat_max_entropy_gain, "--ref-hat-max-entropy-gain")]:
         if metrics.get(name, 0.0) > limit:
             raise HealthError(f"step {metrics['step']}: RAPO's reweighted reference has {name} {metrics[name]:.3g} "
                               f"(bound {limit:g}, {flag}): raise --ref-nucleus (tempers fewer tokens) or "
