@@ -4,6 +4,9 @@
     class Config:
         lr: float = opt(1e-6, "AdamW learning rate")     # becomes --lr, with this help text
     cfg = parse_config(Config, ["--lr", "3e-6"])          # Config(lr=3e-06)
+    @preset({"lr": (5e-7, "SimpleRL-Zoo")})               # a script's config: new defaults, each with its source
+    @dataclass
+    class RapoConfig(Config): ...
 
     rank, world, device = init_distributed()              # (0, 1, cpu) without torchrun
     seed = stage_seed(0, PREFIX, 2, 7)                    # problem 7's request seed in round 2 of POPE's prefix search
@@ -47,23 +50,60 @@ def opt(default, help: str, **kw):
     return field(default=default, metadata=dict(help=help, **kw))
 
 
-def parse_config(cls, argv=None, **defaults):
-    """Build an argparse parser from a config dataclass (one --kebab-case flag per field) and parse argv.
+def preset(changes: dict[str, tuple[object, str]]):
+    """Class decorator: the config dataclass with new defaults for fields it inherits, {name: (default, source)};
+    each field keeps its type, choices and help text, and its --help ends in [source], where the value comes from.
 
-    `defaults` replace the fields' defaults (a preset); flags given explicitly still win.
+    >>> @dataclasses.dataclass
+    ... class Base:
+    ...     lr: float = opt(1e-6, "AdamW learning rate")
+    >>> @preset({"lr": (5e-7, "SimpleRL-Zoo")})
+    ... @dataclasses.dataclass
+    ... class Small(Base):
+    ...     steps: int = opt(10, "optimizer steps")
+    >>> Small(), dataclasses.fields(Small)[0].metadata["help"]
+    (Small(lr=5e-07, steps=10), 'AdamW learning rate [SimpleRL-Zoo]')
     """
-    parser = argparse.ArgumentParser(description=sys.modules[cls.__module__].__doc__.split("\n")[0],
+    def apply(cls):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"preset of {cls.__name__}: no field {', '.join(sorted(unknown))}")
+        new = [(name, fields[name].type, opt(default, f"{fields[name].metadata['help']} [{source}]",
+                                             **{k: v for k, v in fields[name].metadata.items() if k != "help"}))
+               for name, (default, source) in changes.items()]
+        out = dataclasses.make_dataclass(cls.__name__, new, bases=(cls,), namespace={"__doc__": cls.__doc__})
+        out.__module__, out.__qualname__ = cls.__module__, cls.__qualname__
+        return out
+    return apply
+
+
+def parse_config(cls, argv=None, presets: tuple[str, dict[str, dict]] | None = None):
+    """Build an argparse parser from a config dataclass (one --kebab-case flag per field) and parse argv, once.
+
+    `presets` = (field, {value: {name: default}}): the value of that field picks a set of defaults (e.g. rapo.py's
+    --arm); flags given explicitly still win over it. Flags are never abbreviated (--arm is not --arms).
+    """
+    parser = argparse.ArgumentParser(description=sys.modules[cls.__module__].__doc__.split("\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    field_of = {}  # option string -> field name
     for f in dataclasses.fields(cls):
-        default = defaults.get(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata["help"].replace("%", "%%")  # argparse %-formats help text: "30%" must print as written
         if f.type in ("bool", bool):
-            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=text)
+            action = parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"), help=text)
-    return cls(**vars(parser.parse_args(argv)))
+            action = parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
+                                         help=text)
+        field_of.update({option: f.name for option in action.option_strings})
+    argv = sys.argv[1:] if argv is None else list(argv)
+    values = vars(parser.parse_args(argv))
+    if presets:
+        by, table = presets
+        given = {field_of[a.split("=")[0]] for a in argv if a.split("=")[0] in field_of}
+        values.update({k: v for k, v in table[values[by]].items() if k not in given})
+    return cls(**values)
 
 
 def check_model_path(model: str) -> None:
@@ -120,12 +160,14 @@ def init_distributed(timeout_minutes: float = 240.0) -> tuple[int, int, torch.de
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def reduce_sums(sums: dict[str, float], device, op=None) -> dict[str, float]:
-    """Add (or max, with op=MAX) metric values over ranks; a no-op in one process."""
-    if not dist.is_initialized() or not sums:
-        return sums
-    t = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+def reduce_sums(sums: dict, device, op=None) -> dict[str, float]:
+    """Add (or max, with op=MAX) metric values over ranks in one collective; values are numbers or 0-dim tensors on
+    `device`, and the host reads them all at once (one device sync however many there are)."""
+    if not sums:
+        return {}
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums.values()])  # [k]
+    if dist.is_initialized():
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return dict(zip(sums, t.tolist()))
 
 

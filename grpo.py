@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=8 grpo.py --model Qwen/Qwen3-4B-Instruct-2507 --data train.jsonl
 
 One step (`train`, read top to bottom): sample prompts -> vLLM rollouts (a group of G per prompt) -> rewards -> group
-advantages, the sequences as tensors (`make_rollouts`) -> clipped policy-gradient loss and optimizer step(s) on the
+advantages, the sequences as tensors (`rollout_tensors`) -> clipped policy-gradient loss and optimizer step(s) on the
 trainer model (`update`) -> push the new weights into vLLM (`sync`) -> metrics over all ranks (`step_metrics`) -> log.
 
 The loss, per completion token t of sequence i (prompt tokens, including a POPE guiding prefix, carry no loss):
@@ -69,7 +69,6 @@ from rollout import Engine
 
 KL_CHOICES = ["reverse-k2", "reverse-exact", "forward-k3", "forward-exact"]  # `kl_term` has the formulas
 
-
 @dataclass
 class Config:
     # what to train on (system_prompt and bad_gold first: the `data` field below shadows the module inside this
@@ -113,19 +112,15 @@ class Config:
                                     "growing without bound, never drops to 0; the fraction of tokens past it is "
                                     "kl_clamp_frac (PipelineRL's bound 5; verl clamps k3's value at 10, which zeroes "
                                     "its gradient once ref/pi > 13.6)")
-    ref_phi_min: float = opt(1.0, "RAPO reward-aware reference, `reweighted_reference`: ref^phi inside the "
-                             "reference's nucleus, phi = phi_min + (1 - phi_min) * reward; 1.0 = the plain reference")
-    ref_nucleus: float = opt(0.1, "RAPO: only tokens with ref >= this x max ref are reweighted, the rest keep the "
-                             "reference's mass (0 = the whole vocabulary, ref^phi / Z: at 151,936 tokens ~90% of the "
-                             "mass goes to junk at phi 0.5; 0.1 keeps tail and entropy within bounds for every phi, "
-                             "bench/bench_reweighting.py) [this project's]")
-    ref_hat_max_tail: float = opt(0.01, "stop the run when the reweighted reference's mean mass on tokens the "
+    ref_nucleus: float = opt(0.1, "a tempered reference ref^s (RAPO's, rapo.py): only tokens with ref >= this x max "
+                             "ref are tempered, the rest keep the reference's mass (0 = the whole vocabulary, ref^s / "
+                             "Z: at 151,936 tokens ~90% of the mass goes to junk at s 0.5; 0.1 keeps tail and entropy "
+                             "within bounds for every s, bench/bench_reweighting.py) [this project's]")
+    ref_hat_max_tail: float = opt(0.01, "stop the run when a tempered (RAPO) reference's mean mass on tokens the "
                                   "reference gives < 1e-4 exceeds this (logged as ref_hat_tail) [this project's]")
-    ref_hat_max_entropy_gain: float = opt(0.5, "stop the run when the reweighted reference's mean entropy exceeds "
+    ref_hat_max_entropy_gain: float = opt(0.5, "stop the run when a tempered (RAPO) reference's mean entropy exceeds "
                                           "the reference's by more than this many nats (ref_hat_entropy_gain) "
                                           "[this project's]")
-    ref_phi_source: str = opt("sample", "reward that sets phi: the sample's own, or its group's mean (RAPO; "
-                              "not published, this project's options)", choices=["sample", "group-mean"])
     entropy_coef: float = opt(0.0, "entropy bonus weight, exact over the vocabulary (POPE 1e-4, SimpleRL 1e-3)")
     kl_cov_ratio: float = opt(0.0, "KL-Cov entropy-collapse control: this fraction of each micro-batch's tokens, "
                               "those of largest Cov_t = (logp_t - mean logp)(A_t - mean A), gets the penalty "
@@ -182,7 +177,7 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Advantages
+# The loss: pure tensor functions (torch only, no model, no config), in the order a step uses them
 
 
 def group_advantages(rewards: torch.Tensor, std_norm: bool, eps: float) -> torch.Tensor:
@@ -198,39 +193,38 @@ def group_advantages(rewards: torch.Tensor, std_norm: bool, eps: float) -> torch
     return adv
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Per-token log-probabilities, entropy and forward KL, in chunks of positions
+def reweighted_reference(ref_logp: torch.Tensor, sharpness: torch.Tensor, nucleus: float) -> torch.Tensor:
+    """The reference tempered to a sharpness s at each position (RAPO's reward-aware reference, s = phi(reward) from
+    rapo.py): log ref_hat [n, V] from log ref [n, V] and s [n] in (0, 1].
 
-
-def reweighted_reference(ref_logp: torch.Tensor, phi: torch.Tensor, nucleus: float) -> torch.Tensor:
-    """RAPO's reward-aware reference at each position, log ref_hat [n, V], from log ref [n, V] and phi [n] in (0, 1].
-
-    Inside the reference's own nucleus, the tokens v with ref(v) >= nucleus * max ref, ref_hat is ref^phi tempered
+    Inside the reference's own nucleus, the tokens v with ref(v) >= nucleus * max ref, ref_hat is ref^s tempered
     and renormalised to the nucleus's own mass; outside it ref_hat = ref:
 
-        ref_hat(v) = ref(N) ref(v)^phi / sum_{w in N} ref(w)^phi   for v in N,      ref(v) otherwise.
+        ref_hat(v) = ref(N) ref(v)^s / sum_{w in N} ref(w)^s   for v in N,      ref(v) otherwise.
 
-    phi = 1 is the plain reference; phi -> 0 spreads the nucleus's mass evenly over its tokens. The tail keeps
-    exactly the reference's share whatever phi is. Over the whole vocabulary (nucleus = 0) ref^phi / Z lifts every
-    token the reference rules out: at Qwen's 151,936 tokens with tail log-probs near -20, ref^0.5 / Z puts ~90% of
-    a position's mass on them (bench/bench_reweighting.py), and a failed sample then pulls the policy towards junk.
+    s = 1 is the plain reference; s -> 0 spreads the nucleus's mass evenly over its tokens. The tail keeps exactly
+    the reference's share whatever s is. Over the whole vocabulary (nucleus = 0) ref^s / Z lifts every token the
+    reference rules out: at Qwen's 151,936 tokens with tail log-probs near -20, ref^0.5 / Z puts ~90% of a
+    position's mass on them (bench/bench_reweighting.py), and a failed sample then pulls the policy towards junk.
 
     >>> ref = torch.tensor([[0.6, 0.3, 0.05, 0.05]]).log()                 # N = {0.6, 0.3}: 0.05 < 0.1 * 0.6
-    >>> reweighted_reference(ref, torch.tensor([1e-9]), nucleus=0.1).exp()  # phi -> 0: N's 0.9 spread evenly
+    >>> reweighted_reference(ref, torch.tensor([1e-9]), nucleus=0.1).exp()  # s -> 0: N's 0.9 spread evenly
     tensor([[0.4500, 0.4500, 0.0500, 0.0500]])
     """
     inside = ref_logp >= ref_logp.max(-1, keepdim=True).values + math.log(nucleus) if nucleus > 0 else \
         torch.ones_like(ref_logp, dtype=torch.bool)  # [n, V] the nucleus N
     masked = ref_logp.masked_fill(~inside, -math.inf)  # [n, V] log ref on N only
-    tempered = (phi[:, None].to(ref_logp.dtype) * ref_logp).masked_fill(~inside, -math.inf)  # [n, V] phi log ref on N
+    tempered = (sharpness[:, None].to(ref_logp.dtype) * ref_logp).masked_fill(~inside, -math.inf)  # [n, V] s log ref
     log_hat = tempered - tempered.logsumexp(-1, keepdim=True) + masked.logsumexp(-1, keepdim=True)  # [n, V] on N
     return torch.where(inside, log_hat, ref_logp)  # [n, V]
 
 
+REF_TAIL_BELOW = 1e-4  # `ref_hat_tail` counts the tokens the plain reference gives less than this
+
 
 def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, temperature: float,
                 chunk_size: int, ref_hidden: torch.Tensor | None = None, ref_head: torch.Tensor | None = None,
-                ref_phi: torch.Tensor | None = None, ref_nucleus: float = 0.0) -> dict[str, torch.Tensor]:
+                ref_sharpness: torch.Tensor | None = None, ref_nucleus: float = 0.0) -> dict[str, torch.Tensor]:
     """Per-token statistics of the policy (and the reference) at N completion positions.
 
     hidden [N, H] are the final hidden states that predict `targets` [N]; head [V, H] is the output embedding.
@@ -241,9 +235,9 @@ def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
     sampled token under the reference) and the exact KLs at each position, over the whole vocabulary:
         kl_forward [N] = sum_v ref(v) (log ref(v) - log pi(v))       KL(ref || pi)
         kl_reverse [N] = sum_v pi(v) (log pi(v) - log ref(v))        KL(pi || ref)
-    With `ref_phi` [N] the reference is RAPO's reward-aware one, `reweighted_reference(log ref, phi, ref_nucleus)`,
-    and two more [N] say what the reweighting did: `ref_hat_tail`, its mass on tokens the reference gives
-    < REF_TAIL_BELOW, and `ref_hat_entropy_gain`, H(ref_hat) - H(ref) in nats. The paper reweights the
+    With `ref_sharpness` s [N] the reference is tempered, `reweighted_reference(log ref, s, ref_nucleus)` (RAPO's
+    reward-aware reference), and two more [N] say what the tempering did: `ref_hat_tail`, its mass on tokens the
+    reference gives < REF_TAIL_BELOW, and `ref_hat_entropy_gain`, H(ref_hat) - H(ref) in nats. RAPO reweights the
     sequence-level reference, pi_ref(y|x)^phi(r) / Z(x); per token is this project's stand-in (its Z is exact at
     each position; the sequence-level Z is a sum over all responses).
     Logits are float32 (float64 stays float64, for the exact gradient tests).
@@ -253,12 +247,12 @@ def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
     >>> torch.allclose(s["logp"], torch.log_softmax(h @ W.T, -1)[torch.arange(5), [0, 3, 3, 10, 1]])
     True
     """
-    with_ref, reweighted = ref_hidden is not None, ref_phi is not None
+    with_ref, reweighted = ref_hidden is not None, ref_sharpness is not None
     chunk_fn = partial(_chunk_stats, head=head, ref_head=ref_head, temperature=temperature, nucleus=ref_nucleus)
     outs = []
     for s in range(0, len(targets), chunk_size):
         args = (hidden[s:s + chunk_size], targets[s:s + chunk_size]) + (
-            (ref_hidden[s:s + chunk_size], ref_phi[s:s + chunk_size] if reweighted else None) if with_ref else ())
+            (ref_hidden[s:s + chunk_size], ref_sharpness[s:s + chunk_size] if reweighted else None) if with_ref else ())
         if torch.is_grad_enabled() and len(targets) > chunk_size:
             outs.append(checkpoint(chunk_fn, *args, use_reentrant=False))
         else:
@@ -268,15 +262,12 @@ def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
     return {name: torch.cat([o[j] for o in outs]) if outs else hidden.new_zeros(0) for j, name in enumerate(names)}
 
 
-REF_TAIL_BELOW = 1e-4  # `ref_hat_tail` counts the tokens the plain reference gives less than this
-
-
 def _logits(h, head, temperature):
     logits = h @ head.T  # [n, V]
     return logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 stays
 
 
-def _chunk_stats(h, y, ref_h=None, phi=None, *, head, ref_head, temperature, nucleus):
+def _chunk_stats(h, y, ref_h=None, sharpness=None, *, head, ref_head, temperature, nucleus):
     logp_all = torch.log_softmax(_logits(h, head, temperature), dim=-1)  # [n, V]
     logp = logp_all.gather(-1, y[:, None])[:, 0]  # [n]
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n]
@@ -284,10 +275,10 @@ def _chunk_stats(h, y, ref_h=None, phi=None, *, head, ref_head, temperature, nuc
         return logp, entropy
     ref_all = torch.log_softmax(_logits(ref_h, ref_head, temperature), dim=-1)  # [n, V]
     plain, reweighting = ref_all, ()
-    if phi is not None:  # RAPO: ref_hat in place of ref
-        ref_all = reweighted_reference(plain, phi, nucleus)  # [n, V]
+    if sharpness is not None:  # RAPO: ref_hat in place of ref
+        ref_all = reweighted_reference(plain, sharpness, nucleus)  # [n, V]
     ref_probs = ref_all.exp()  # [n, V]
-    if phi is not None:  # what the reweighting did to the reference
+    if sharpness is not None:  # what the tempering did to the reference
         tail = (ref_probs * (plain < math.log(REF_TAIL_BELOW))).sum(-1)  # [n]
         gain = torch.special.entr(ref_probs).sum(-1) - torch.special.entr(plain.exp()).sum(-1)  # [n] H(ref_hat)-H(ref)
         reweighting = (tail, gain)
@@ -295,47 +286,6 @@ def _chunk_stats(h, y, ref_h=None, phi=None, *, head, ref_head, temperature, nuc
     kl_forward = (ref_probs * (ref_all - logp_all)).sum(-1)  # [n] KL(ref || pi) at this position
     kl_reverse = (logp_all.exp() * (logp_all - ref_all)).sum(-1)  # [n] KL(pi || ref) at this position
     return (logp, entropy, ref_logp, kl_forward, kl_reverse) + reweighting
-
-
-class Scorer(torch.nn.Module):
-    """A causal LM whose forward returns `token_stats` at completion positions only (never the full logits).
-
-    Wrapping the HF model in one module makes the whole computation a single forward of the FSDP2 root, so the
-    output embedding is gathered (unsharded) while the chunks use it. `lm` keeps the HF parameter names. The KL's
-    reference is opt-in: `ref` = (hidden [N, H], head [V, H], phi [N] or None, nucleus) from a `Reference`, its
-    output embedding, and RAPO's reweighting (None: the plain reference; see `token_stats`).
-    """
-
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids, attention_mask, loss_mask, temperature: float, chunk_size: int, ref=None):
-        h = completion_states(self.lm, input_ids, attention_mask, loss_mask)  # [N, H]
-        targets = input_ids[:, 1:][loss_mask[:, 1:]]  # [N] the completion tokens
-        return token_stats(h, self.lm.lm_head.weight, targets, temperature, chunk_size, *(ref or ()))
-
-
-class Reference(torch.nn.Module):
-    """The frozen reference model (only with a KL term): forward returns its final hidden states at completion
-    positions [N, H]; the policy's forward turns them into logits chunk by chunk, with `head`."""
-
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids, attention_mask, loss_mask):
-        return completion_states(self.lm, input_ids, attention_mask, loss_mask)
-
-
-def completion_states(lm, input_ids, attention_mask, loss_mask) -> torch.Tensor:
-    """The final hidden states [N, H] that predict completion tokens (position j predicts token j + 1)."""
-    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # [b,S,H]
-    return hidden[:, :-1][loss_mask[:, 1:]]  # [N, H] prompt and padding positions dropped
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The loss
 
 
 def token_weights(seq_lens: torch.Tensor, mode: str, n_seqs: int, n_tokens: int, max_len: int) -> torch.Tensor:
@@ -409,7 +359,8 @@ def kl_term(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str, clamp: float,
 def grpo_loss(logp, old_logp, adv, weights, eps_low: float, eps_high: float, entropy=None, entropy_coef: float = 0.0,
               ref_logp=None, kl: str = "reverse-k2", kl_coef: float = 0.0, kl_clamp: float = 5.0, kl_forward=None,
               kl_reverse=None, kl_cov_ratio: float = 0.0, kl_cov_coef: float = 1.0):
-    """The step's loss sum_t w_t L_t over N completion tokens, and token-level metric sums.
+    """The step's loss sum_t w_t L_t over N completion tokens, and token-level metric sums as 0-dim tensors (they
+    stay on the device: the trainer reads a step's metrics at once, `step_metrics`).
 
     logp, old_logp, adv, weights, entropy, ref_logp, kl_forward, kl_reverse: [N] (adv is the sequence's advantage
     at each of its tokens; the last five come from `token_stats`). kl, kl_coef, kl_clamp: see `kl_term`.
@@ -423,17 +374,17 @@ def grpo_loss(logp, old_logp, adv, weights, eps_low: float, eps_high: float, ent
     loss_t = -torch.minimum(ratio * adv, clipped * adv)  # [N] PPO's pessimistic surrogate
     metrics = {
         # tokens where the clip is active (gradient zero): above 1 + eps_high with A > 0, below 1 - eps_low with A < 0
-        "clip_pos": ((adv > 0) & (ratio > 1 + eps_high)).sum().item(), "n_pos": (adv > 0).sum().item(),
-        "clip_neg": ((adv < 0) & (ratio < 1 - eps_low)).sum().item(), "n_neg": (adv < 0).sum().item(),
+        "clip_pos": ((adv > 0) & (ratio > 1 + eps_high)).sum(), "n_pos": (adv > 0).sum(),
+        "clip_neg": ((adv < 0) & (ratio < 1 - eps_low)).sum(), "n_neg": (adv < 0).sum(),
     }
     if kl_coef > 0:
         kl_loss, kl_value = kl_term(logp, ref_logp, kl, kl_clamp, kl_forward, kl_reverse)  # [N] each
         loss_t = loss_t + kl_coef * kl_loss  # [N]
-        metrics["kl"] = kl_value.detach().sum().item()
-        metrics["kl_clamped"] = ((ref_logp - logp).abs() > kl_clamp).sum().item() if "exact" not in kl else 0
+        metrics["kl"] = kl_value.detach().sum()
+        metrics["kl_clamped"] = ((ref_logp - logp).abs() > kl_clamp).sum() if "exact" not in kl else logp.new_zeros(())
     if entropy is not None:
         loss_t = loss_t - entropy_coef * entropy  # [N]
-        metrics["entropy"] = entropy.detach().sum().item()
+        metrics["entropy"] = entropy.detach().sum()
     if kl_cov_ratio > 0:
         lp = logp.detach()
         cov = (lp - lp.mean()) * (adv - adv.mean())  # [N] Cov_t, each token's term of the batch covariance
@@ -443,6 +394,164 @@ def grpo_loss(logp, old_logp, adv, weights, eps_low: float, eps_high: float, ent
     return (weights * loss_t).sum(), metrics
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# One step's data: its prompts, and its rollouts as tensors
+
+
+def prompts_for_step(prompts: list, step: int, per_step: int, seed: int) -> list:
+    """The step's prompts: consecutive slices of seeded per-epoch permutations (resumable from the step alone)."""
+    out, start = [], step * per_step
+    for i in range(start, start + per_step):
+        epoch, pos = divmod(i, len(prompts))
+        out.append(prompts[np.random.default_rng([seed, epoch]).permutation(len(prompts))[pos]])
+    return out
+
+
+def batch_tensors(seqs: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded token ids [b, S] of prompt + completion, the attention mask [b, S], and the loss mask [b, S]:
+    True exactly at completion tokens (prompt tokens, a POPE guiding prefix among them, and padding are False).
+
+    >>> seqs = [dict(ids=[7, 8, 9], n_prompt=2), dict(ids=[5, 6], n_prompt=1)]
+    >>> ids, attention_mask, loss_mask = batch_tensors(seqs, "cpu")
+    >>> ids.tolist(), loss_mask.tolist()
+    ([[7, 8, 9], [5, 6, 0]], [[False, False, True], [False, True, False]])
+    """
+    width = max(len(s["ids"]) for s in seqs)
+    ids = torch.tensor([s["ids"] + [0] * (width - len(s["ids"])) for s in seqs], device=device)  # [b, S]
+    positions = torch.arange(width, device=device)[None]  # [1, S]
+    length = torch.tensor([len(s["ids"]) for s in seqs], device=device)[:, None]  # [b, 1]
+    n_prompt = torch.tensor([s["n_prompt"] for s in seqs], device=device)[:, None]  # [b, 1]
+    attention_mask = positions < length  # [b, S]
+    return ids, attention_mask, (positions >= n_prompt) & attention_mask
+
+
+@dataclass
+class Rollouts:
+    """This rank's rollouts of one step, n = prompts x G sequences, built once; per-token values sit at their
+    token's position (read them with `x[loss_mask]`, in the order of `token_stats`)."""
+
+    ids: torch.Tensor  # [n, S] prompt + completion, right-padded
+    attention_mask: torch.Tensor  # [n, S]
+    loss_mask: torch.Tensor  # [n, S] True exactly at completion tokens
+    sampler_logp: torch.Tensor  # [n, S] vLLM's log-probability of each completion token (0 elsewhere)
+    adv: torch.Tensor  # [n] the sequence's advantage
+    seq_lens: torch.Tensor  # [n] on the host: prompt + completion tokens
+    completion_lens: torch.Tensor  # [n] on the host: completion tokens |y_i|
+    ref_sharpness: torch.Tensor | None = None  # [n] the KL reference's tempering, ref^s (RAPO's phi); None: plain
+    old_logp: torch.Tensor | None = None  # [n, S] pi_old at the rollout weights (with --minibatches > 1)
+
+    def rows(self, idx) -> Rollouts:
+        """The sequences `idx`, trimmed to the longest of them."""
+        width = int(self.seq_lens[idx].max())
+        cut = lambda t: None if t is None else (t[idx][:, :width] if t.dim() == 2 else t[idx])  # noqa: E731
+        return Rollouts(*(cut(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def per_token(self, t: torch.Tensor) -> torch.Tensor:
+        """[n] per sequence or [n, S] per position -> [N] at the completion tokens."""
+        return (t[:, None].expand_as(self.loss_mask) if t.dim() == 1 else t)[self.loss_mask]
+
+
+def rollout_tensors(groups, rewards: torch.Tensor, ref_sharpness: torch.Tensor | None, cfg: Config,
+                    device) -> Rollouts:
+    """The step's sequences as tensors, with group-relative advantages from the rewards [B, G] (and the sharpness
+    [B, G] of each sequence's KL reference, None for the plain one)."""
+    adv = group_advantages(rewards, cfg.adv_std_norm, cfg.adv_eps)  # [B, G]
+    samples = [s for group in groups for s in group]
+    ids, attention_mask, loss_mask = batch_tensors(
+        [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids)) for s in samples], device)
+    sampler_logp = torch.zeros(ids.shape, device=device)  # [n, S]
+    sampler_logp[loss_mask] = torch.tensor([lp for s in samples for lp in s.logprobs], device=device)
+    completion_lens = torch.tensor([len(s.completion_ids) for s in samples])  # [n]
+    seq_lens = completion_lens + torch.tensor([len(s.prompt_ids) for s in samples])  # [n]
+    return Rollouts(ids, attention_mask, loss_mask, sampler_logp, adv.flatten().to(device), seq_lens, completion_lens,
+                    None if ref_sharpness is None else ref_sharpness.flatten().to(device))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The models: the policy and the reference, whose forwards return `token_stats` at completion positions
+
+
+def completion_states(lm, input_ids, attention_mask, loss_mask) -> torch.Tensor:
+    """The final hidden states [N, H] that predict completion tokens (position j predicts token j + 1)."""
+    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # [b,S,H]
+    return hidden[:, :-1][loss_mask[:, 1:]]  # [N, H] prompt and padding positions dropped
+
+
+class Policy(torch.nn.Module):
+    """A causal LM whose forward returns `token_stats` at completion positions only (never the full logits).
+
+    Wrapping the HF model in one module makes the whole computation a single forward of the FSDP2 root, so the
+    output embedding is gathered (unsharded) while the chunks use it. `lm` keeps the HF parameter names. The KL's
+    reference is opt-in: `ref` = (hidden [N, H], head [V, H], sharpness [N] or None, nucleus) from a `Reference`, its
+    output embedding, and the reference's tempering (RAPO's; None: the plain reference; see `token_stats`).
+    """
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, loss_mask, temperature: float, chunk_size: int, ref=None):
+        h = completion_states(self.lm, input_ids, attention_mask, loss_mask)  # [N, H]
+        targets = input_ids[:, 1:][loss_mask[:, 1:]]  # [N] the completion tokens
+        return token_stats(h, self.lm.lm_head.weight, targets, temperature, chunk_size, *(ref or ()))
+
+
+class Reference(torch.nn.Module):
+    """The frozen reference model (only with a KL term): forward returns its final hidden states at completion
+    positions [N, H]; the policy's forward turns them into logits chunk by chunk, with `head` [V, H], its output
+    embedding whole (`gather_head`, once the model is sharded)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+        self.head = lm.lm_head.weight.detach()
+
+    def gather_head(self) -> Reference:
+        self.head = full_tensor(self.lm.lm_head.weight).detach()  # [V, H] from the shards, once
+        return self
+
+    def forward(self, input_ids, attention_mask, loss_mask):
+        return completion_states(self.lm, input_ids, attention_mask, loss_mask)
+
+
+def load_model(cfg: Config, device, world: int, trainable: bool) -> Policy | Reference:
+    """The policy (a `Policy`, trainable) or the frozen `Reference`: the HF model in float32 (master weights),
+    sharded with FSDP2 when world > 1 (each decoder layer, then the root: embeddings, final norm, lm_head)."""
+    lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to(device)
+    if trainable and cfg.grad_checkpointing:
+        lm.gradient_checkpointing_enable()
+    model = (Policy if trainable else Reference)(lm).train(trainable).requires_grad_(trainable)
+    if world > 1:
+        mp = MixedPrecisionPolicy(param_dtype=compute_dtype(cfg.dtype), reduce_dtype=torch.float32)
+        for layer in lm.model.layers:
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    return model if trainable else model.gather_head()
+
+
+def hf_state(policy: Policy):
+    """(HF name, parameter) pairs of the policy for the engine, in a fixed order; a tied embedding is one parameter
+    under both of its names (`Engine.sync_weights` gathers it once). Buffers are not weights: none is sent."""
+    return policy.lm.named_parameters(remove_duplicate=False)
+
+
+def full_tensor(t):
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The phases of a step
+
+
+def learning_rate(cfg: Config, step: int) -> float:
+    """--lr, or with --lr-schedule cosine: lr (1 + cos(pi min(step, H) / H)) / 2, H = --lr-decay-steps or --steps:
+    lr at step 0, lr / 2 at H / 2, 0 from H on."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    horizon = cfg.lr_decay_steps or cfg.steps
+    return cfg.lr * (1 + math.cos(math.pi * min(step, horizon) / horizon)) / 2
+
+
 def loss_options(cfg: Config) -> dict:
     """The loss knobs of a Config, as `grpo_loss`'s keyword arguments."""
     return dict(eps_low=cfg.eps_low, eps_high=cfg.eps_high, entropy_coef=cfg.entropy_coef, kl=cfg.kl,
@@ -450,11 +559,175 @@ def loss_options(cfg: Config) -> dict:
                 kl_cov_coef=cfg.kl_cov_coef)
 
 
+@contextmanager
+def timed(timings: dict, name: str):
+    """Add the seconds spent in the block to timings[name]."""
+    start = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def micro_batch_stats(policy, ref, ro: Rollouts, cfg: Config, autocast) -> dict[str, torch.Tensor]:
+    """`token_stats` of micro-batch `ro` under the policy (with the reference's KL terms when there is one)."""
+    with autocast:
+        ref_inputs = None
+        if ref is not None:
+            with torch.no_grad():
+                sharpness = None if ro.ref_sharpness is None else ro.per_token(ro.ref_sharpness)  # [N] None: plain
+                ref_inputs = (ref(ro.ids, ro.attention_mask, ro.loss_mask), ref.head, sharpness, cfg.ref_nucleus)
+        return policy(ro.ids, ro.attention_mask, ro.loss_mask, cfg.temperature, cfg.logprob_chunk, ref_inputs)
+
+
+def update(policy, ref, optimizer, ro: Rollouts, cfg: Config, device, autocast, timings) -> dict:
+    """Loss and optimizer step(s) on the step's rollouts: each of --minibatches slices of the sequences is one
+    optimizer step, its gradient accumulated over micro-batches. Returns the loss's metric sums over tokens, as
+    0-dim tensors on the device: nothing here waits for the device to report a number."""
+    sums, n_tokens = {}, 0
+
+    def add(name: str, value: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0.0) + value.double()
+
+    if cfg.minibatches > 1:  # pi_old: the trainer's logprobs at the rollout weights, before the first update
+        ro.old_logp = torch.zeros(ro.ids.shape, device=device)  # [n, S]
+        with torch.no_grad(), timed(timings, "old_logprobs"):
+            for m in range(0, len(ro.adv), cfg.micro_batch_size):
+                mb = ro.rows(slice(m, m + cfg.micro_batch_size))
+                ro.old_logp[m:m + cfg.micro_batch_size, :mb.ids.shape[1]][mb.loss_mask] = micro_batch_stats(
+                    policy, None, mb, cfg, autocast)["logp"].float()
+    for minibatch in np.array_split(np.arange(len(ro.adv)), cfg.minibatches):
+        totals = reduce_sums({"seqs": len(minibatch), "tokens": int(ro.completion_lens[minibatch].sum())}, device)
+        for m in range(0, len(minibatch), cfg.micro_batch_size):
+            mb = ro.rows(minibatch[m:m + cfg.micro_batch_size])
+            with timed(timings, "logprobs"):
+                stats = micro_batch_stats(policy, ref, mb, cfg, autocast)
+                old = stats["logp"].detach() if mb.old_logp is None else mb.per_token(mb.old_logp)  # [N] pi_old
+                weights = token_weights(mb.completion_lens, cfg.loss_agg, int(totals["seqs"]), int(totals["tokens"]),
+                                        cfg.max_new_tokens).to(device, stats["logp"].dtype)  # [N]
+                loss, loss_sums = grpo_loss(stats["logp"], old, mb.per_token(mb.adv), weights,
+                                            entropy=stats["entropy"], ref_logp=stats.get("ref_logp"),
+                                            kl_forward=stats.get("kl_forward"), kl_reverse=stats.get("kl_reverse"),
+                                            **loss_options(cfg))
+            with timed(timings, "backward_step"):
+                (loss * world_size()).backward()  # FSDP averages gradients over ranks; the weights count all ranks
+            for name, value in loss_sums.items():
+                add(name, value)
+            if mb.ref_sharpness is not None and "ref_hat_tail" in stats:  # RAPO: on the tokens it tempered (s < 1)
+                tempered = mb.per_token(mb.ref_sharpness) < 1  # [N]
+                add("ref_hat_tail", (stats["ref_hat_tail"] * tempered).sum())
+                add("ref_hat_entropy_gain", (stats["ref_hat_entropy_gain"] * tempered).sum())
+                add("n_reweighted", tempered.sum())
+            gap = (old - mb.per_token(mb.sampler_logp)).abs()  # [N] the trainer at the rollout weights vs vLLM
+            add("gap_sum", gap.sum())
+            sums["gap_max"] = torch.maximum(sums.get("gap_max", gap.new_zeros(()).double()), gap.max().double())
+            n_tokens += len(gap)
+        with timed(timings, "backward_step"):
+            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)  # before clipping
+            add("grad_norm_sum", full_tensor(norm) / cfg.minibatches)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {**sums, "n_tokens": n_tokens}
+
+
+def sync(engine: Engine, policy: Policy, sleep_level: int) -> None:
+    """Push the new weights into the engine: the next rollouts come from the updated policy."""
+    if sleep_level:
+        engine.wake_up(["weights"])  # weight memory first, the KV cache after the sync: a lower peak
+    engine.sync_weights(hf_state(policy))
+    if sleep_level:
+        engine.wake_up(["kv_cache"])
+
+
+def step_metrics(step: int, prompts: list[data.Prompt], groups, rewards: torch.Tensor, loss_sums: dict,
+                 reward_failures: int, lr: float, kinds: list[str], timings: dict, device) -> dict:
+    """Every metric of a step, over all ranks: sums here (the loss's still on the device), then one reduction, which
+    brings them to the host at once, then the ratios."""
+    lengths = [len(s.completion_ids) for group in groups for s in group]
+    sums = {**loss_sums, "reward_sum": rewards.sum().item(), "n_samples": rewards.numel(), "n_groups": len(prompts),
+            "zero_std_groups": (rewards.std(1) == 0).sum().item(), "len_sum": sum(lengths),
+            "truncated": sum(s.finish_reason == "length" for group in groups for s in group),
+            "reward_failures": reward_failures}
+    for kind in kinds:  # per prompt kind (POPE: guided / unguided), never pooled; every rank has every kind's keys
+        kind_rewards = [rewards[j].mean().item() for j, p in enumerate(prompts) if p.kind == kind]
+        sums.update({f"r_{kind}": sum(kind_rewards), f"n_{kind}": len(kind_rewards),
+                     f"solved_{kind}": sum(r > 0 for r in kind_rewards)})
+    maxes = reduce_sums({"len_max": max(lengths), "gap_max": sums.pop("gap_max")}, device, dist.ReduceOp.MAX)
+    sums = reduce_sums(sums, device)
+    n_tok = max(sums["n_tokens"], 1)
+    metrics = {
+        "step": step, "reward": sums["reward_sum"] / sums["n_samples"],
+        "samples": sums["n_samples"], "sampled_tokens": sums["len_sum"],  # the step's rollout budget, all ranks
+        "zero_std_frac": sums["zero_std_groups"] / sums["n_groups"],
+        "len_mean": sums["len_sum"] / sums["n_samples"], "len_max": maxes["len_max"],
+        "truncated_frac": sums["truncated"] / sums["n_samples"],
+        "clip_frac_pos_adv": sums["clip_pos"] / max(sums["n_pos"], 1),
+        "clip_frac_neg_adv": sums["clip_neg"] / max(sums["n_neg"], 1),
+        "entropy": sums["entropy"] / n_tok, "grad_norm": sums["grad_norm_sum"] / world_size(), "lr": lr,
+        "logprob_gap_mean": sums["gap_sum"] / n_tok, "logprob_gap_max": maxes["gap_max"],
+        "reward_failures": sums["reward_failures"],
+        **({"kl": sums["kl"] / n_tok, "kl_clamp_frac": sums["kl_clamped"] / n_tok} if "kl" in sums else {}),
+        **({"ref_hat_tail": sums["ref_hat_tail"] / max(sums["n_reweighted"], 1), "reweighted_frac":
+            sums["n_reweighted"] / n_tok, "ref_hat_entropy_gain": sums["ref_hat_entropy_gain"] /
+            max(sums["n_reweighted"], 1)} if "ref_hat_tail" in sums else {}),
+        **{f"time_{k}": v for k, v in timings.items()},
+    }
+    for kind in kinds:
+        if sums.get(f"n_{kind}"):
+            metrics[f"reward_{kind}"] = sums[f"r_{kind}"] / sums[f"n_{kind}"]
+            metrics[f"solve_rate_{kind}"] = sums[f"solved_{kind}"] / sums[f"n_{kind}"]
+    return metrics
+
+
+GAP_BOUND = {torch.float32: 1e-3, torch.bfloat16: 0.1}  # --max-logprob-gap 0: the bound for the compute dtype
+
+def check_health(metrics: dict, cfg: Config) -> None:
+    """Stop a run that has gone wrong in a way the loss cannot show: an engine that does not serve the trainer's
+    weights (checked every step, so the first sync and a --resume are checked first), and RAPO's reweighted
+    reference drifting onto the tail or far above the reference's entropy."""
+    bound = cfg.max_logprob_gap or GAP_BOUND[compute_dtype(cfg.dtype)]
+    if metrics["logprob_gap_mean"] > bound:
+        raise HealthError(
+            f"step {metrics['step']}: vLLM's logprobs differ from the trainer's by {metrics['logprob_gap_mean']:.2e} "
+            f"a token on average (bound {bound:g}, --max-logprob-gap): the engine is not serving the trainer's "
+            "weights. Likely a weight sync that loaded nothing or the wrong names (a model whose HF names vLLM maps "
+            "differently), a stale prefix cache, or an engine of another dtype; the first bad step says which sync")
+    for name, limit, flag in [("ref_hat_tail", cfg.ref_hat_max_tail, "--ref-hat-max-tail"),
+                              ("ref_hat_entropy_gain", cfg.ref_hat_max_entropy_gain, "--ref-hat-max-entropy-gain")]:
+        if metrics.get(name, 0.0) > limit:
+            raise HealthError(f"step {metrics['step']}: RAPO's reweighted reference has {name} {metrics[name]:.3g} "
+                              f"(bound {limit:g}, {flag}): raise --ref-nucleus (tempers fewer tokens) or "
+                              "--ref-phi-min (tempers less), or raise the bound if this is intended")
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Checkpoints (exact resume) and memory
+# Infrastructure: config checks, the engine, checkpoints (exact resume), memory, logs
 
 
-def save_checkpoint(out_dir: Path, step: int, policy: Scorer, optimizer, model: str, rank: int) -> Path:
+def check_config(cfg: Config, world: int) -> None:
+    """Reject settings that cannot work, before anything is loaded."""
+    if cfg.prompts_per_step % world:
+        raise ConfigError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {world} ranks")
+    if cfg.sleep_level and not torch.cuda.is_available():
+        raise ConfigError("--sleep-level frees GPU memory for training; vLLM's CPU build has no sleep mode (use 0)")
+    if not 0 <= cfg.ref_nucleus <= 1:
+        raise ConfigError(f"--ref-nucleus {cfg.ref_nucleus}: a fraction of the reference's top probability, in [0, 1]")
+    if not 0 <= cfg.kl_cov_ratio < 1:
+        raise ConfigError(f"--kl-cov-ratio {cfg.kl_cov_ratio}: a fraction of tokens, in [0, 1) (0 = off)")
+
+
+def make_engine(cfg: Config, world: int) -> Engine:
+    """The vLLM engine for --model with this config's dtype, context and memory settings (one per rank)."""
+    return Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
+                  max_model_len=cfg.max_model_len, seed=cfg.seed,
+                  gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                  kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
+                  distributed=world > 1, log_level=cfg.vllm_log_level)
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def save_checkpoint(out_dir: Path, step: int, policy: Policy, optimizer, model: str, rank: int) -> Path:
     """Write checkpoints/step-N/ and then, last and atomically, the `latest` pointer to it.
 
     step-N/hf     the model in Hugging Face format (loadable by `vllm serve` and `from_pretrained`) with --model's
@@ -494,7 +767,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None
 
 
-def load_checkpoint(path: Path, policy: Scorer, optimizer, rank: int) -> int:
+def load_checkpoint(path: Path, policy: Policy, optimizer, rank: int) -> int:
     """Restore model, optimizer and RNG state saved by `save_checkpoint`; returns the number of steps done."""
     model_sd, optim_sd = get_state_dict(policy, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
@@ -508,7 +781,7 @@ def load_checkpoint(path: Path, policy: Scorer, optimizer, rank: int) -> int:
     return json.loads((path / "state.json").read_text())["step"] + 1
 
 
-def resume(out_dir: Path, policy: Scorer, optimizer, rank: int) -> int:
+def resume(out_dir: Path, policy: Policy, optimizer, rank: int) -> int:
     """--resume: load the latest checkpoint; returns the step to continue from. The killed run may have logged steps
     after its last checkpoint: those lines are dropped, and the steps redone."""
     path = latest_checkpoint(out_dir)
@@ -542,294 +815,40 @@ def print_memory_table(rows: dict[str, dict[str, float]], rank: int) -> None:
         tqdm.write(f"{phase:<26}" + "".join(f"{mem[c]:>17.2f}" for c in cols))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Setup
+def start_wandb(cfg: Config):
+    """A Weights & Biases run named after --out-dir, with the whole config (resumed runs continue the same name)."""
+    import wandb  # here: optional, installed and imported only for --wandb-project
+
+    return wandb.init(project=cfg.wandb_project, name=Path(cfg.out_dir).name, dir=cfg.out_dir,
+                      config=dataclasses.asdict(cfg))
 
 
-def check_config(cfg: Config, world: int) -> None:
-    """Reject settings that cannot work, before anything is loaded."""
-    if cfg.prompts_per_step % world:
-        raise ConfigError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the {world} ranks")
-    if cfg.sleep_level and not torch.cuda.is_available():
-        raise ConfigError("--sleep-level frees GPU memory for training; vLLM's CPU build has no sleep mode (use 0)")
-    if not 0 < cfg.ref_phi_min <= 1:
-        raise ConfigError(f"--ref-phi-min {cfg.ref_phi_min}: must be in (0, 1] (1 = the plain reference)")
-    if not 0 <= cfg.ref_nucleus <= 1:
-        raise ConfigError(f"--ref-nucleus {cfg.ref_nucleus}: a fraction of the reference's top probability, in [0, 1]")
-    if cfg.ref_phi_min < 1 and cfg.kl_coef == 0:
-        raise ConfigError("--ref-phi-min < 1 reweights the KL's reference, but --kl-coef 0 turns the KL off")
-    if not 0 <= cfg.kl_cov_ratio < 1:
-        raise ConfigError(f"--kl-cov-ratio {cfg.kl_cov_ratio}: a fraction of tokens, in [0, 1) (0 = off)")
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
-def load_model(cfg: Config, device, world: int, trainable: bool) -> Scorer | Reference:
-    """The policy (a `Scorer`, trainable) or the frozen `Reference`: the HF model in float32 (master weights),
-    sharded with FSDP2 when world > 1 (each decoder layer, then the root: embeddings, final norm, lm_head)."""
-    lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to(device)
-    if trainable and cfg.grad_checkpointing:
-        lm.gradient_checkpointing_enable()
-    model = (Scorer if trainable else Reference)(lm).train(trainable).requires_grad_(trainable)
-    if world > 1:
-        mp = MixedPrecisionPolicy(param_dtype=compute_dtype(cfg.dtype), reduce_dtype=torch.float32)
-        for layer in lm.model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-    if not trainable:  # the KL's chunks need the reference's output embedding whole [V, H]: gathered once, here
-        model.head = full_tensor(lm.lm_head.weight).detach()
-    return model
-
-
-def make_engine(cfg: Config, world: int) -> Engine:
-    """The vLLM engine for --model with this config's dtype, context and memory settings (one per rank)."""
-    return Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
-                  max_model_len=cfg.max_model_len, seed=cfg.seed,
-                  gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                  kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
-                  distributed=world > 1, log_level=cfg.vllm_log_level)
-
-
-def hf_state(scorer: Scorer):
-    """(HF name, parameter) pairs of the policy for the engine, in a fixed order; a tied embedding is one parameter
-    under both of its names (`Engine.sync_weights` gathers it once). Buffers are not weights: none is sent."""
-    return scorer.lm.named_parameters(remove_duplicate=False)
-
-
-def full_tensor(t):
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def prompts_for_step(prompts: list, step: int, per_step: int, seed: int) -> list:
-    """The step's prompts: consecutive slices of seeded per-epoch permutations (resumable from the step alone)."""
-    out, start = [], step * per_step
-    for i in range(start, start + per_step):
-        epoch, pos = divmod(i, len(prompts))
-        out.append(prompts[np.random.default_rng([seed, epoch]).permutation(len(prompts))[pos]])
-    return out
-
-
-def learning_rate(cfg: Config, step: int) -> float:
-    """--lr, or with --lr-schedule cosine: lr (1 + cos(pi min(step, H) / H)) / 2, H = --lr-decay-steps or --steps:
-    lr at step 0, lr / 2 at H / 2, 0 from H on."""
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    horizon = cfg.lr_decay_steps or cfg.steps
-    return cfg.lr * (1 + math.cos(math.pi * min(step, horizon) / horizon)) / 2
+def show_samples(flat, rewards, n, step, path: Path) -> None:
+    """Print the first `n` rollouts of the step (the end of the prompt, the completion, its reward) and log them."""
+    for (prompt, sample), r in list(zip(flat, rewards))[:n]:
+        tqdm.write(f"--- step {step} | {prompt.kind} | reward {r:.2f} | {sample.finish_reason} "
+                   f"| {len(sample.completion_ids)} tokens\n{prompt.problem.problem[-200:]}\n>>> {sample.text[-500:]}")
+        append_jsonl(path, {"step": step, "kind": prompt.kind, "id": prompt.problem.id, "reward": r,
+                            "completion": sample.text})
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# One step's rollouts, as tensors
-
-
-def batch_tensors(seqs: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded token ids [b, S] of prompt + completion, the attention mask [b, S], and the loss mask [b, S]:
-    True exactly at completion tokens (prompt tokens, a POPE guiding prefix among them, and padding are False).
-
-    >>> seqs = [dict(ids=[7, 8, 9], n_prompt=2), dict(ids=[5, 6], n_prompt=1)]
-    >>> ids, attention_mask, loss_mask = batch_tensors(seqs, "cpu")
-    >>> ids.tolist(), loss_mask.tolist()
-    ([[7, 8, 9], [5, 6, 0]], [[False, False, True], [False, True, False]])
-    """
-    width = max(len(s["ids"]) for s in seqs)
-    ids = torch.tensor([s["ids"] + [0] * (width - len(s["ids"])) for s in seqs], device=device)  # [b, S]
-    positions = torch.arange(width, device=device)[None]  # [1, S]
-    length = torch.tensor([len(s["ids"]) for s in seqs], device=device)[:, None]  # [b, 1]
-    n_prompt = torch.tensor([s["n_prompt"] for s in seqs], device=device)[:, None]  # [b, 1]
-    attention_mask = positions < length  # [b, S]
-    return ids, attention_mask, (positions >= n_prompt) & attention_mask
-
-
-@dataclass
-class Rollouts:
-    """This rank's rollouts of one step, n = prompts x G sequences, built once; per-token values sit at their
-    token's position (read them with `x[loss_mask]`, in the order of `token_stats`)."""
-
-    ids: torch.Tensor  # [n, S] prompt + completion, right-padded
-    attention_mask: torch.Tensor  # [n, S]
-    loss_mask: torch.Tensor  # [n, S] True exactly at completion tokens
-    sampler_logp: torch.Tensor  # [n, S] vLLM's log-probability of each completion token (0 elsewhere)
-    adv: torch.Tensor  # [n] the sequence's advantage
-    phi: torch.Tensor  # [n] RAPO's reweighting of the reference for this sequence (1 = the plain reference)
-    old_logp: torch.Tensor | None = None  # [n, S] pi_old at the rollout weights (with --minibatches > 1)
-
-    def rows(self, idx) -> Rollouts:
-        """The sequences `idx`, trimmed to the longest of them."""
-        width = int(self.attention_mask[idx].sum(1).max())
-        cut = lambda t: None if t is None else (t[idx][:, :width] if t.dim() == 2 else t[idx])  # noqa: E731
-        return Rollouts(*(cut(getattr(self, f.name)) for f in dataclasses.fields(self)))
-
-    def per_token(self, t: torch.Tensor) -> torch.Tensor:
-        """[n] per sequence or [n, S] per position -> [N] at the completion tokens."""
-        return (t[:, None].expand_as(self.loss_mask) if t.dim() == 1 else t)[self.loss_mask]
-
-
-def make_rollouts(groups, rewards: torch.Tensor, cfg: Config, device) -> Rollouts:
-    """The step's sequences as tensors, with group-relative advantages and RAPO's phi from the rewards [B, G]."""
-    adv = group_advantages(rewards, cfg.adv_std_norm, cfg.adv_eps)  # [B, G]
-    phi_reward = rewards if cfg.ref_phi_source == "sample" else rewards.mean(1, keepdim=True).expand_as(rewards)
-    if cfg.ref_phi_min < 1 and not ((phi_reward >= 0) & (phi_reward <= 1)).all():
-        raise ConfigError(f"--ref-phi-min < 1 needs rewards in [0, 1]; got {phi_reward.min():.3g} .. "
-                          f"{phi_reward.max():.3g}")
-    phi = cfg.ref_phi_min + (1 - cfg.ref_phi_min) * phi_reward  # [B, G]
-    samples = [s for group in groups for s in group]
-    ids, attention_mask, loss_mask = batch_tensors(
-        [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids)) for s in samples], device)
-    sampler_logp = torch.zeros(ids.shape, device=device)  # [n, S]
-    sampler_logp[loss_mask] = torch.tensor([lp for s in samples for lp in s.logprobs], device=device)
-    return Rollouts(ids, attention_mask, loss_mask, sampler_logp, adv.flatten().to(device), phi.flatten().to(device))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The phases of a step
-
-
-@contextmanager
-def timed(timings: dict, name: str):
-    """Add the seconds spent in the block to timings[name]."""
-    start = time.perf_counter()
-    yield
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-
-def score(policy, ref, ro: Rollouts, cfg: Config, autocast) -> dict[str, torch.Tensor]:
-    """`token_stats` of micro-batch `ro` under the policy (with the reference's KL terms when there is one)."""
-    with autocast:
-        ref_inputs = None
-        if ref is not None:
-            with torch.no_grad():
-                phi = ro.per_token(ro.phi) if cfg.ref_phi_min < 1 else None  # [N] None: the plain reference
-                ref_inputs = (ref(ro.ids, ro.attention_mask, ro.loss_mask), ref.head, phi, cfg.ref_nucleus)
-        return policy(ro.ids, ro.attention_mask, ro.loss_mask, cfg.temperature, cfg.logprob_chunk, ref_inputs)
-
-
-def update(policy, ref, optimizer, ro: Rollouts, cfg: Config, device, autocast, timings) -> dict:
-    """Loss and optimizer step(s) on the step's rollouts: each of --minibatches slices of the sequences is one
-    optimizer step, its gradient accumulated over micro-batches. Returns the loss's metric sums over tokens."""
-    sums = {"gap_sum": 0.0, "gap_max": 0.0, "n_tokens": 0, "grad_norm_sum": 0.0}
-    if cfg.minibatches > 1:  # pi_old: the trainer's logprobs at the rollout weights, before the first update
-        ro.old_logp = torch.zeros(ro.ids.shape, device=device)  # [n, S]
-        with torch.no_grad(), timed(timings, "old_logprobs"):
-            for m in range(0, len(ro.adv), cfg.micro_batch_size):
-                mb = ro.rows(slice(m, m + cfg.micro_batch_size))
-                ro.old_logp[m:m + cfg.micro_batch_size, :mb.ids.shape[1]][mb.loss_mask] = score(
-                    policy, None, mb, cfg, autocast)["logp"].float()
-    for minibatch in np.array_split(np.arange(len(ro.adv)), cfg.minibatches):
-        lens = ro.loss_mask[minibatch].sum(1)  # [m] completion lengths
-        n_seqs, n_tokens = reduce_sums({"s": len(minibatch), "t": lens.sum().item()}, device).values()
-        for m in range(0, len(minibatch), cfg.micro_batch_size):
-            mb = ro.rows(minibatch[m:m + cfg.micro_batch_size])
-            with timed(timings, "logprobs"):
-                stats = score(policy, ref, mb, cfg, autocast)
-                old = stats["logp"].detach() if mb.old_logp is None else mb.per_token(mb.old_logp)  # [N] pi_old
-                weights = token_weights(mb.loss_mask.sum(1).cpu(), cfg.loss_agg, int(n_seqs), int(n_tokens),
-                                        cfg.max_new_tokens).to(device, stats["logp"].dtype)  # [N]
-                loss, loss_sums = grpo_loss(stats["logp"], old, mb.per_token(mb.adv), weights,
-                                            entropy=stats["entropy"], ref_logp=stats.get("ref_logp"),
-                                            kl_forward=stats.get("kl_forward"), kl_reverse=stats.get("kl_reverse"),
-                                            **loss_options(cfg))
-            with timed(timings, "backward_step"):
-                (loss * world_size()).backward()  # FSDP averages gradients over ranks; the weights count all ranks
-            if "ref_hat_tail" in stats:  # RAPO: what the reweighting did, on the tokens it reweighted (phi < 1)
-                tempered = mb.per_token(mb.phi) < 1  # [N]
-                parts = torch.stack([stats["ref_hat_tail"][tempered].sum(), tempered.sum().to(stats["logp"].dtype),
-                                     stats["ref_hat_entropy_gain"][tempered].sum()]).tolist()  # one host sync
-                for k, v in zip(("ref_hat_tail", "n_reweighted", "ref_hat_entropy_gain"), parts):
-                    sums[k] = sums.get(k, 0.0) + v
-            gap = (old - mb.per_token(mb.sampler_logp)).abs()  # [N] the trainer at the rollout weights vs vLLM
-            sums.update(gap_sum=sums["gap_sum"] + gap.sum().item(), gap_max=max(sums["gap_max"], gap.max().item()),
-                        n_tokens=sums["n_tokens"] + len(gap))
-            for k, v in loss_sums.items():
-                sums[k] = sums.get(k, 0.0) + v
-        with timed(timings, "backward_step"):
-            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)  # before clipping
-            sums["grad_norm_sum"] += full_tensor(norm).item() / cfg.minibatches
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    return sums
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def sync(engine: Engine, policy: Scorer, sleep_level: int) -> None:
-    """Push the new weights into the engine: the next rollouts come from the updated policy."""
-    if sleep_level:
-        engine.wake_up(["weights"])  # weight memory first, the KV cache after the sync: a lower peak
-    engine.sync_weights(hf_state(policy))
-    if sleep_level:
-        engine.wake_up(["kv_cache"])
-
-
-GAP_BOUND = {torch.float32: 1e-3, torch.bfloat16: 0.1}  # --max-logprob-gap 0: the bound for the compute dtype
-
-
-def check_health(metrics: dict, cfg: Config) -> None:
-    """Stop a run that has gone wrong in a way the loss cannot show: an engine that does not serve the trainer's
-    weights (checked every step, so the first sync and a --resume are checked first), and RAPO's reweighted
-    reference drifting onto the tail or far above the reference's entropy."""
-    bound = cfg.max_logprob_gap or GAP_BOUND[compute_dtype(cfg.dtype)]
-    if metrics["logprob_gap_mean"] > bound:
-        raise HealthError(
-            f"step {metrics['step']}: vLLM's logprobs differ from the trainer's by {metrics['logprob_gap_mean']:.2e} "
-            f"a token on average (bound {bound:g}, --max-logprob-gap): the engine is not serving the trainer's "
-            "weights. Likely a weight sync that loaded nothing or the wrong names (a model whose HF names vLLM maps "
-            "differently), a stale prefix cache, or an engine of another dtype; the first bad step says which sync")
-    for name, limit, flag in [("ref_hat_tail", cfg.ref_hat_max_tail, "--ref-hat-max-tail"),
-                              ("ref_hat_entropy_gain", cfg.ref_hat_max_entropy_gain, "--ref-hat-max-entropy-gain")]:
-        if metrics.get(name, 0.0) > limit:
-            raise HealthError(f"step {metrics['step']}: RAPO's reweighted reference has {name} {metrics[name]:.3g} "
-                              f"(bound {limit:g}, {flag}): raise --ref-nucleus (tempers fewer tokens) or "
-                              "--ref-phi-min (tempers less), or raise the bound if this is intended")
-
-
-def step_metrics(step: int, prompts: list[data.Prompt], groups, rewards: torch.Tensor, loss_sums: dict,
-                 reward_failures: int, lr: float, kinds: list[str], timings: dict, device) -> dict:
-    """Every metric of a step, over all ranks: sums here, then one reduction, then the ratios."""
-    lengths = [len(s.completion_ids) for group in groups for s in group]
-    sums = {**loss_sums, "reward_sum": rewards.sum().item(), "n_samples": rewards.numel(), "n_groups": len(prompts),
-            "zero_std_groups": (rewards.std(1) == 0).sum().item(), "len_sum": sum(lengths),
-            "truncated": sum(s.finish_reason == "length" for group in groups for s in group),
-            "reward_failures": reward_failures}
-    for kind in kinds:  # per prompt kind (POPE: guided / unguided), never pooled; every rank has every kind's keys
-        kind_rewards = [rewards[j].mean().item() for j, p in enumerate(prompts) if p.kind == kind]
-        sums.update({f"r_{kind}": sum(kind_rewards), f"n_{kind}": len(kind_rewards),
-                     f"solved_{kind}": sum(r > 0 for r in kind_rewards)})
-    maxes = reduce_sums({"len_max": max(lengths), "gap_max": sums.pop("gap_max")}, device, dist.ReduceOp.MAX)
-    sums = reduce_sums(sums, device)
-    n_tok = max(sums["n_tokens"], 1)
-    metrics = {
-        "step": step, "reward": sums["reward_sum"] / sums["n_samples"],
-        "samples": sums["n_samples"], "sampled_tokens": sums["len_sum"],  # the step's rollout budget, all ranks
-        "zero_std_frac": sums["zero_std_groups"] / sums["n_groups"],
-        "len_mean": sums["len_sum"] / sums["n_samples"], "len_max": maxes["len_max"],
-        "truncated_frac": sums["truncated"] / sums["n_samples"],
-        "clip_frac_pos_adv": sums["clip_pos"] / max(sums["n_pos"], 1),
-        "clip_frac_neg_adv": sums["clip_neg"] / max(sums["n_neg"], 1),
-        "entropy": sums["entropy"] / n_tok, "grad_norm": sums["grad_norm_sum"] / world_size(), "lr": lr,
-        "logprob_gap_mean": sums["gap_sum"] / n_tok, "logprob_gap_max": maxes["gap_max"],
-        "reward_failures": sums["reward_failures"],
-        **({"kl": sums["kl"] / n_tok, "kl_clamp_frac": sums["kl_clamped"] / n_tok} if "kl" in sums else {}),
-        **({"ref_hat_tail": sums["ref_hat_tail"] / max(sums["n_reweighted"], 1), "reweighted_frac":
-            sums["n_reweighted"] / n_tok, "ref_hat_entropy_gain": sums["ref_hat_entropy_gain"] /
-            max(sums["n_reweighted"], 1)} if "ref_hat_tail" in sums else {}),
-        **{f"time_{k}": v for k, v in timings.items()},
-    }
-    for kind in kinds:
-        if sums.get(f"n_{kind}"):
-            metrics[f"reward_{kind}"] = sums[f"r_{kind}"] / sums[f"n_{kind}"]
-            metrics[f"solve_rate_{kind}"] = sums[f"solved_{kind}"] / sums[f"n_{kind}"]
-    return metrics
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training
+# Training: the step, top to bottom; the command-line job
 
 
 def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_reward,
-          eval_prompts: list[data.Prompt] | None = None, engine: Engine | None = None) -> list[dict]:
+          eval_prompts: list[data.Prompt] | None = None, engine: Engine | None = None,
+          ref_sharpness=None) -> list[dict]:
     """Run GRPO on `prompts` with `reward_fn(completion_text, prompt) -> float`; returns the per-step metrics.
 
     `engine` reuses a running vLLM engine (its weights are first replaced by --model's); by default one is built.
+    `ref_sharpness(rewards [B, G]) -> [B, G]` in (0, 1] tempers each sequence's KL reference to ref^s on its nucleus
+    (`reweighted_reference`; RAPO's phi, rapo.py); None keeps the plain reference.
     """
     rank, world, device = init_distributed(cfg.dist_timeout_minutes)
     check_config(cfg, world)
@@ -871,7 +890,8 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
             failures_before = pool.failures
             flat = [(p, s) for p, group in zip(batch, groups) for s in group]
             rewards = torch.tensor(pool.map(reward_fn, [(s.text, p) for p, s in flat])).view(per_rank, cfg.group_size)
-        rollouts = make_rollouts(groups, rewards, cfg, device)
+            sharpness = ref_sharpness(rewards) if ref_sharpness else None  # [B, G] RAPO's phi; None: plain ref
+        rollouts = rollout_tensors(groups, rewards, sharpness, cfg, device)
         # 3. Loss and optimizer step(s), then the new weights into the engine.
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
@@ -911,30 +931,9 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
     return history
 
 
-def start_wandb(cfg: Config):
-    """A Weights & Biases run named after --out-dir, with the whole config (resumed runs continue the same name)."""
-    import wandb  # here: optional, installed and imported only for --wandb-project
-
-    return wandb.init(project=cfg.wandb_project, name=Path(cfg.out_dir).name, dir=cfg.out_dir,
-                      config=dataclasses.asdict(cfg))
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def show_samples(flat, rewards, n, step, path: Path) -> None:
-    """Print the first `n` rollouts of the step (the end of the prompt, the completion, its reward) and log them."""
-    for (prompt, sample), r in list(zip(flat, rewards))[:n]:
-        tqdm.write(f"--- step {step} | {prompt.kind} | reward {r:.2f} | {sample.finish_reason} "
-                   f"| {len(sample.completion_ids)} tokens\n{prompt.problem.problem[-200:]}\n>>> {sample.text[-500:]}")
-        append_jsonl(path, {"step": step, "kind": prompt.kind, "id": prompt.problem.id, "reward": r,
-                            "completion": sample.text})
-
-
-def run(cfg: Config) -> list[dict]:
-    """The command-line job: check --model, load --data, render prompts, train with the math reward."""
+def run(cfg: Config, ref_sharpness=None) -> list[dict]:
+    """The command-line job: check --model, load --data, render prompts, train with the math reward (and the KL
+    reference's `ref_sharpness`, see `train`)."""
     check_model_path(cfg.model)
     if not cfg.data:
         raise ConfigError("--data is required: a JSONL/parquet file with 'problem' and 'answer', or a name in "
@@ -945,12 +944,13 @@ def run(cfg: Config) -> list[dict]:
     if cfg.eval_data:
         eval_prompts = [data.make_prompt(tokenizer, p, cfg.system_prompt)
                         for p in evaluate.load_benchmark(cfg.eval_data, bad_gold=cfg.bad_gold)]
-    return train(cfg, [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems], eval_prompts=eval_prompts)
+    return train(cfg, [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in problems], eval_prompts=eval_prompts,
+                 ref_sharpness=ref_sharpness)
 
 
-def main(argv=None, cls=Config, **defaults) -> None:
-    """Parse flags into `cls` (with `defaults` overriding its field defaults) and run; bad input exits in one line."""
-    cfg = parse_config(cls, argv, **defaults)
+def main(argv=None) -> None:
+    """Parse the flags and run; bad input exits in one line."""
+    cfg = parse_config(Config, argv)
     with one_line_errors(cfg.dist_timeout_minutes):
         run(cfg)
     shutdown()

@@ -49,42 +49,32 @@ import data
 import grpo
 import reward
 from common import (MINING, PREFIX, ConfigError, check_model_path, init_distributed, one_line_errors, opt, parse_config,
-                    shutdown, stage_seed)
+                    preset, shutdown, stage_seed)
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
 
 
+POPE = "POPE authors' PipelineRL config, docs/algorithms.md §2.8"
+
+
+@preset({
+    "data": ("pope-hard", "POPE: the authors' hard set for Qwen3-4B-Instruct-2507 with verified Gemini solutions; "
+                          "a file needs a 'solution' column too"),
+    "out_dir": ("runs/pope", "this project's: the mining and prefix caches go here too"),
+    "prompts_per_step": (32, POPE), "group_size": (8, POPE), "temperature": (0.8, POPE),
+    "max_new_tokens": (16384, POPE), "max_model_len": (20000, f"{POPE}: the trainer's seq_length"),
+    "lr": (1e-6, POPE), "lr_schedule": ("cosine", f"{POPE}: no warmup"),
+    "lr_decay_steps": (100_000, f"{POPE}: max_train_steps; after 1000 steps the rate is still 0.9998 x --lr"),
+    "weight_decay": (0.01, POPE), "max_grad_norm": (0.3, POPE), "adv_std_norm": (False, f"{POPE}: r - mean only"),
+    "loss_agg": ("sum", POPE), "entropy_coef": (1e-4, POPE),
+    "grad_checkpointing": (True, "this project's: 16k-token responses"),
+    "micro_batch_size": (2, "this project's: 2 x 20k tokens of activations"),
+    "eval_every": (10, "this project's"), "eval_k": (8, "POPE blog, Figure 2: pass@8"),
+    "eval_top_p": (0.95, "POPE's eval sampler, as evaluate.py"), "eval_top_k": (50, "POPE's eval sampler"),
+})
 @dataclass
 class PopeConfig(grpo.Config):
-    model: str = opt("", "HF model id or folder (required; the CPU toy comparison is python toys/pope_compare.py)")
-    data: str = opt("pope-hard", "hard problems with oracle solutions: a name in data.DATASETS (pope-hard = the "
-                    "authors' set for Qwen3-4B-Instruct-2507 with verified Gemini solutions) or a .jsonl/.parquet "
-                    "file with problem, answer, solution")
     data_limit: int = opt(0, "use only the first N problems (0 = all)")
-    out_dir: str = opt("runs/pope", "metrics, samples, checkpoints, and the mining / prefix caches")
-    # the authors' RL settings (PipelineRL conf, docs/algorithms.md §2.8)
-    prompts_per_step: int = opt(32, "prompts per step over all ranks (POPE: 32)")
-    group_size: int = opt(8, "samples per prompt (POPE: 8)")
-    temperature: float = opt(0.8, "sampling temperature, also applied to trainer logits (POPE: 0.8)")
-    max_new_tokens: int = opt(16384, "response budget (POPE: 16k)")
-    max_model_len: int = opt(20000, "vLLM context (POPE trainer seq_length: 20k)")
-    lr: float = opt(1e-6, "AdamW learning rate (POPE: 1e-6)")
-    lr_schedule: str = opt("cosine", "constant, or a cosine from --lr over --lr-decay-steps (POPE: cosine, no "
-                           "warmup)", choices=["constant", "cosine"])
-    lr_decay_steps: int = opt(100_000, "the cosine's horizon (POPE: their max_train_steps, 100000: after 1000 steps "
-                              "the rate is still 0.9998 x --lr, effectively constant; 0 = to 0 over --steps)")
-    weight_decay: float = opt(0.01, "AdamW weight decay (POPE: 0.01)")
-    max_grad_norm: float = opt(0.3, "gradient-norm clip (POPE: 0.3)")
-    adv_std_norm: bool = opt(False, "divide advantages by the group std (POPE: off, r - mean only)")
-    loss_agg: str = opt("sum", "token-loss aggregation (POPE: sum over tokens / sequences per step)",
-                        choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "sum"])
-    entropy_coef: float = opt(1e-4, "entropy bonus (POPE: 1e-4)")
-    grad_checkpointing: bool = opt(True, "recompute decoder layers in backward (16k-token responses)")
-    micro_batch_size: int = opt(2, "sequences per forward/backward on each rank (2 x 20k tokens of activations)")
-    eval_every: int = opt(10, "every N steps, the unguided hard set's solvability (>= 1 correct in --eval-k)")
-    eval_k: int = opt(8, "samples per hard problem for solvability (POPE blog, Figure 2: pass@8)")
     eval_limit: int = opt(256, "hard problems in the solvability eval (0 = all)")
-    eval_top_p: float = opt(0.95, "nucleus sampling of the solvability eval (POPE's eval sampler, as evaluate.py)")
-    eval_top_k: int = opt(50, "top-k sampling of the solvability eval (POPE's eval sampler, as evaluate.py)")
     # POPE's own
     mine: bool = opt(False, "first keep only the problems with 0 correct in --mine-k base-model samples")
     mine_k: int = opt(128, "samples per problem for the hardness filter (POPE: 128)")

@@ -8,7 +8,8 @@
 
 The CPU toy world of these arms is `python toys/rapo_world.py`; the Proposition 3.3 check, `python toys/prop33.py`.
 
-What changes from GRPO (grpo.py holds the loss; this file only sets its knobs). Per completion token t of sample i,
+What changes from GRPO (grpo.py holds the loss and the mechanism: a per-sequence sharpness of the KL's reference,
+`grpo.reweighted_reference`; this file holds RAPO's rule for it, `reward_phi`, and the arms' knobs). Per completion token t of sample i,
 with pi = pi_theta(. | s_t) and ref = pi_ref(. | s_t):
 
     L_t           = -clipped surrogate_t + alpha * KL(ref_hat_i || pi) - beta * H(pi)     (GRPO: alpha * KL(pi || ref))
@@ -60,11 +61,13 @@ sequence-level KL.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from functools import partial
+
+import torch
 
 import grpo
-from common import opt, parse_config
+from common import ConfigError, one_line_errors, opt, parse_config, preset, shutdown
 
 # The arms of the paper's comparison (its Fig. 3 calls them GRPO-RKL, GRPO-FKL and RAPO; GRPO-RKL as published is
 # grpo-k3, see the docstring). --arm picks one and its values become the defaults; a flag given explicitly still wins.
@@ -77,42 +80,37 @@ ARMS = {
     "rapo": dict(kl="forward-exact", kl_coef=1e-3, ref_phi_min=0.5, out_dir="runs/rapo-arm-rapo"),
 }
 
-
 PAPER, OURS = "paper", "this project's choice"  # where a default comes from, in --help
 
 
-def tagged(name: str, default, tag: str):
-    """grpo.Config's field `name` with a new default, its --help text extended by where the value comes from."""
-    base = next(f for f in dataclasses.fields(grpo.Config) if f.name == name)
-    return opt(default, f"{base.metadata['help']} [{tag}]", **{k: v for k, v in base.metadata.items() if k != "help"})
-
-
+@preset({
+    "model": ("", f"{PAPER}: Qwen2.5-3B and -7B base models, no SFT; required (the CPU toy world is python "
+                  "toys/rapo_world.py)"),
+    "data": ("simplerl-zoo", f"{PAPER}: SimpleRL-Zoo's 8K problems, hkust-nlp/SimpleRL-Zoo-Data"),
+    "out_dir": (ARMS["rapo"]["out_dir"], f"{OURS}: one folder per arm"),
+    "prompts_per_step": (1024, f"{OURS}: SimpleRL-Zoo's train_batch_size"),
+    "minibatches": (4, f"{OURS}: SimpleRL-Zoo's ppo_mini_batch_size 256 of 1024"),
+    "group_size": (8, f"{OURS}: SimpleRL-Zoo's rollout_n"),
+    "temperature": (1.0, f"{OURS}: SimpleRL-Zoo"),
+    "max_new_tokens": (8192, f"{OURS}: SimpleRL-Zoo's 7B max_response_length"),
+    "max_model_len": (9216, f"{OURS}: 8192 response + 1024 prompt"),
+    "eps_low": (0.2, f"{OURS}: GRPO's"), "eps_high": (0.2, f"{OURS}: GRPO's"),
+    "lr": (5e-7, f"{OURS}: SimpleRL-Zoo's"),
+    "grad_checkpointing": (True, f"{OURS}: 8192-token responses"),
+    "kl": (ARMS["rapo"]["kl"], f"{PAPER}: forward KL; {OURS}: per token, exact (default) or sampled (forward-k3); "
+                               "arms: grpo-rkl reverse-exact, grpo-k3 forward-k3 (GRPO's k3 as published)"),
+    "kl_coef": (ARMS["rapo"]["kl_coef"], f"{OURS}: RAPO's alpha, the same in the grpo-rkl and grpo-fkl arms; the "
+                                         "grpo-k3 arm 1e-4 (SimpleRL-Zoo's k3 coefficient, as published)"),
+    "entropy_coef": (1e-3, f"{PAPER}: an entropy bonus; {OURS}: RAPO's beta = SimpleRL-Zoo's 1e-3, in every arm"),
+})
 @dataclass
 class RapoConfig(grpo.Config):
-    model: str = tagged("model", "", f"{PAPER}: Qwen2.5-3B and -7B base models, no SFT; required (the CPU toy world "
-                        "is python toys/rapo_world.py)")
-    data: str = tagged("data", "simplerl-zoo", f"{PAPER}: SimpleRL-Zoo's 8K problems, hkust-nlp/SimpleRL-Zoo-Data")
-    out_dir: str = tagged("out_dir", ARMS["rapo"]["out_dir"], f"{OURS}: one folder per arm")
-    prompts_per_step: int = tagged("prompts_per_step", 1024, f"{OURS}: SimpleRL-Zoo's train_batch_size")
-    minibatches: int = tagged("minibatches", 4, f"{OURS}: SimpleRL-Zoo's ppo_mini_batch_size 256 of 1024")
-    group_size: int = tagged("group_size", 8, f"{OURS}: SimpleRL-Zoo's rollout_n")
-    temperature: float = tagged("temperature", 1.0, f"{OURS}: SimpleRL-Zoo")
-    max_new_tokens: int = tagged("max_new_tokens", 8192, f"{OURS}: SimpleRL-Zoo's 7B max_response_length")
-    max_model_len: int = tagged("max_model_len", 9216, f"{OURS}: 8192 response + 1024 prompt")
-    eps_low: float = tagged("eps_low", 0.2, f"{OURS}: GRPO's")
-    eps_high: float = tagged("eps_high", 0.2, f"{OURS}: GRPO's")
-    lr: float = tagged("lr", 5e-7, f"{OURS}: SimpleRL-Zoo's")
-    grad_checkpointing: bool = tagged("grad_checkpointing", True, f"{OURS}: 8192-token responses")
-    kl: str = tagged("kl", ARMS["rapo"]["kl"], f"{PAPER}: forward KL; {OURS}: per token, exact (default) or sampled "
-                     "(forward-k3); arms: grpo-rkl reverse-exact, grpo-k3 forward-k3 (GRPO's k3 as published)")
-    kl_coef: float = tagged("kl_coef", ARMS["rapo"]["kl_coef"], f"{OURS}: RAPO's alpha, the same in the grpo-rkl and "
-                            "grpo-fkl arms; the grpo-k3 arm 1e-4 (SimpleRL-Zoo's k3 coefficient, as published)")
-    ref_phi_min: float = tagged("ref_phi_min", ARMS["rapo"]["ref_phi_min"], f"{PAPER}: ref^phi(r) / Z, phi "
-                                f"monotone in reward; {OURS}: the linear form, 0.5 (1 in the grpo-* arms), tempering "
-                                "the reference's nucleus only (--ref-nucleus)")
-    ref_phi_source: str = tagged("ref_phi_source", "sample", OURS)
-    entropy_coef: float = tagged("entropy_coef", 1e-3, f"{PAPER}: an entropy bonus; {OURS}: RAPO's beta = "
-                                 "SimpleRL-Zoo's 1e-3, in every arm")
+    ref_phi_min: float = opt(ARMS["rapo"]["ref_phi_min"], "RAPO's reward-aware reference: the KL's reference of a "
+                             "sample is ref^phi on the reference's nucleus (--ref-nucleus), phi = phi_min + (1 - "
+                             f"phi_min) * reward; 1 = the plain reference [{PAPER}: ref^phi(r) / Z, phi monotone in "
+                             f"the reward; {OURS}: the linear form, 0.5 (1 in the grpo-* arms)]")
+    ref_phi_source: str = opt("sample", "reward that sets phi: the sample's own, or its group's mean "
+                              f"[{OURS}: not published]", choices=["sample", "group-mean"])
     arm: str = opt("rapo", "preset for the comparison: grpo-rkl (gradient of the reverse KL, exact), grpo-k3 (GRPO's "
                    "k3 as published: reverse-KL value, forward-KL gradient), grpo-fkl (forward KL, phi = 1) or rapo "
                    "(forward KL, phi < 1); sets --kl, --kl-coef, --ref-phi-min, --out-dir "
@@ -120,16 +118,49 @@ class RapoConfig(grpo.Config):
                    choices=list(ARMS))
 
 
+def reward_phi(rewards: torch.Tensor, phi_min: float, source: str) -> torch.Tensor:
+    """RAPO's phi [B, G] from the step's rewards [B, G] in [0, 1]: phi = phi_min + (1 - phi_min) * r, with r the
+    sample's own reward or its group's mean. A correct sample (r = 1) keeps the plain reference; a failed one's is
+    tempered to ref^phi_min, spreading the reference's mass over the alternatives it already gives weight to.
+
+    >>> reward_phi(torch.tensor([[1.0, 0.0]]), phi_min=0.5, source="sample")
+    tensor([[1.0000, 0.5000]])
+    """
+    r = rewards if source == "sample" else rewards.mean(1, keepdim=True).expand_as(rewards)  # [B, G]
+    if not ((r >= 0) & (r <= 1)).all():
+        raise ConfigError(f"--ref-phi-min < 1 needs rewards in [0, 1]; got {r.min():.3g} .. {r.max():.3g}")
+    return phi_min + (1 - phi_min) * r  # [B, G]
+
+
+def phi_rule(phi_min: float, source: str = "sample"):
+    """RAPO's rule as grpo.train's `ref_sharpness`: rewards [B, G] -> phi [B, G]; None when phi_min = 1 (the plain
+    reference, the grpo-* arms)."""
+    return None if phi_min == 1 else partial(reward_phi, phi_min=phi_min, source=source)
+
+
+def check_config(cfg: RapoConfig) -> None:
+    if not 0 < cfg.ref_phi_min <= 1:
+        raise ConfigError(f"--ref-phi-min {cfg.ref_phi_min}: must be in (0, 1] (1 = the plain reference)")
+    if cfg.ref_phi_min < 1 and cfg.kl_coef == 0:
+        raise ConfigError("--ref-phi-min < 1 reweights the KL's reference, but --kl-coef 0 turns the KL off")
+
+
+def run(cfg: RapoConfig) -> list[dict]:
+    """GRPO, with phi from each sample's reward setting the sharpness of its KL's reference (phi_min 1: plain)."""
+    check_config(cfg)
+    return grpo.run(cfg, ref_sharpness=phi_rule(cfg.ref_phi_min, cfg.ref_phi_source))
+
+
 def parse(argv=None) -> RapoConfig:
-    """Flags -> RapoConfig. The --arm preset replaces the defaults, so flags given explicitly still win (the values
-    are checked where training starts, `grpo.train`)."""
-    arm = parse_config(RapoConfig, argv).arm
-    return parse_config(RapoConfig, argv, **ARMS[arm])
+    """The flags, parsed once, with the --arm preset as defaults: flags given explicitly still win."""
+    return parse_config(RapoConfig, argv, presets=("arm", ARMS))
 
 
 def main(argv=None) -> None:
-    """Parse the flags with the --arm preset as defaults (explicit flags win), then train (errors in one line)."""
-    grpo.main(argv, RapoConfig, **ARMS[parse(argv).arm])
+    cfg = parse(argv)
+    with one_line_errors(cfg.dist_timeout_minutes):
+        run(cfg)
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ nothing. The trainer's code runs on it:
   all-gather and reduce-scatter buffers, unsharded bf16 copies) is made. One rank runs as grpo.train does without
   torchrun: no FSDP, fp32 weights under bf16 autocast.
 - one micro-batch of POPE's training (--micro-batch-size 2, seq_length 20k, 16k-token responses): two right-padded
-  sequences of 20,000 and 19,999 tokens, 16,384 completion tokens each, through `grpo.score` (Scorer ->
+  sequences of 20,000 and 19,999 tokens, 16,384 completion tokens each, through `grpo.micro_batch_stats` (Policy ->
   completion_states -> token_stats, logits for 512 completion positions at a time), `grpo.token_weights`,
   `grpo.grpo_loss` and backward: the body of grpo.update's micro-batch loop (`micro_batch_loss`), not update itself,
   whose bookkeeping reads tensor values (lengths, metrics) that fake tensors do not have. Then the optimizer step as
@@ -134,7 +134,7 @@ def fake_ranks(world: int):
         dist.destroy_process_group()
 
 
-def load_model(config: dict, world: int, trainable: bool, mesh) -> grpo.Scorer | grpo.Reference:
+def load_model(config: dict, world: int, trainable: bool, mesh) -> grpo.Policy | grpo.Reference:
     """`grpo.load_model`, line for line, on fake tensors, with two differences: the weights are `config`'s, random
     (nothing to load), and FSDP2 gets the fake process group's `mesh` (see `fake_ranks`). Keep it in step with
     grpo.load_model. (That function cannot be called here as it is: under FakeTensorMode, its `.to(device)` fails,
@@ -142,15 +142,13 @@ def load_model(config: dict, world: int, trainable: bool, mesh) -> grpo.Scorer |
     lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
     if trainable:  # cfg.grad_checkpointing: on in POPE
         lm.gradient_checkpointing_enable()
-    model = (grpo.Scorer if trainable else grpo.Reference)(lm).train(trainable).requires_grad_(trainable)
+    model = (grpo.Policy if trainable else grpo.Reference)(lm).train(trainable).requires_grad_(trainable)
     if world > 1:
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)  # compute_dtype on a GPU
         for layer in lm.model.layers:
             fully_shard(layer, mp_policy=mp, mesh=mesh)
         fully_shard(model, mp_policy=mp, mesh=mesh)
-    if not trainable:
-        model.head = grpo.full_tensor(lm.lm_head.weight).detach()
-    return model
+    return model if trainable else model.gather_head()
 
 
 def train_config(shape: Shape, with_ref: bool) -> grpo.Config:
@@ -197,7 +195,7 @@ class Batch:
 
 
 def micro_batch(shape: Shape, loss_agg: str) -> Batch:
-    """The right-padded micro-batch as `grpo.make_rollouts` lays it out (real tensors: ids and masks are small)."""
+    """The right-padded micro-batch as `grpo.rollout_tensors` lays it out (real tensors: ids and masks are small)."""
     lengths = [shape.seq_len - i for i in range(shape.seqs)]
     ids, attention_mask, loss_mask = grpo.batch_tensors(
         [dict(ids=[0] * n, n_prompt=n - shape.completion) for n in lengths], "cpu")
@@ -205,8 +203,10 @@ def micro_batch(shape: Shape, loss_agg: str) -> Batch:
     # float32, as the trainer casts them to the loss's dtype
     weights = grpo.token_weights(loss_mask.sum(1), loss_agg, shape.seqs, n_tokens, shape.completion).float()
     counts = {tuple(loss_mask.shape): n_tokens, tuple(loss_mask[:, 1:].shape): int(loss_mask[:, 1:].sum())}
+    seq_lens = torch.tensor(lengths)  # [b] on the host, as the trainer keeps them
     rollouts = grpo.Rollouts(ids, attention_mask, loss_mask, sampler_logp=torch.zeros(ids.shape),
-                             adv=torch.ones(shape.seqs), phi=torch.ones(shape.seqs))
+                             adv=torch.ones(shape.seqs), seq_lens=seq_lens,
+                             completion_lens=torch.full((shape.seqs,), shape.completion))
     return Batch(rollouts, weights, counts, n_tokens)
 
 
@@ -214,7 +214,8 @@ def as_fake(batch: Batch, fake: FakeTensorMode) -> Batch:
     """The same batch as fake tensors of `fake`."""
     ro = batch.rollouts
     rollouts = grpo.Rollouts(*(fake.from_tensor(getattr(ro, f)) for f in
-                               ("ids", "attention_mask", "loss_mask", "sampler_logp", "adv", "phi")))
+                               ("ids", "attention_mask", "loss_mask", "sampler_logp", "adv")),
+                             seq_lens=ro.seq_lens, completion_lens=ro.completion_lens)  # host lengths stay real
     return Batch(rollouts, fake.from_tensor(batch.weights), batch.true_counts, batch.n_tokens)
 
 
@@ -321,7 +322,7 @@ def micro_batch_loss(policy, ref, batch: Batch, cfg: grpo.Config, autocast) -> t
     """grpo.update's micro-batch up to the loss: token statistics (with the reference's, if any), then grpo_loss with
     pi_old = pi (one minibatch, as POPE); the caller runs (loss x world).backward() as update does."""
     ro = batch.rollouts
-    stats = grpo.score(policy, ref, ro, cfg, autocast)
+    stats = grpo.micro_batch_stats(policy, ref, ro, cfg, autocast)
     loss, _ = grpo.grpo_loss(stats["logp"], stats["logp"].detach(), ro.per_token(ro.adv), batch.weights,
                              entropy=stats["entropy"], ref_logp=stats.get("ref_logp"),
                              kl_forward=stats.get("kl_forward"), kl_reverse=stats.get("kl_reverse"),

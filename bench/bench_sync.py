@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 def before(model):
     """The old stream: state_dict() in float32, the tied embedding gathered twice."""
-    return [(name.removeprefix("lm."), t.detach()) for name, t in grpo.Scorer(model).state_dict().items()]
+    return [(name.removeprefix("lm."), t.detach()) for name, t in grpo.Policy(model).state_dict().items()]
 
 
 def gathered_bytes(pairs, dtype=None) -> int:
@@ -63,7 +63,7 @@ def main() -> None:
     model_dir = tiny.make_tiny_model(tempfile.mkdtemp(), hidden_size=256, num_layers=4, tied=True)
     engine = Engine(model_dir, dtype="bfloat16", max_model_len=256, seed=0)
     lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    old, new = before(lm), list(grpo.hf_state(grpo.Scorer(lm)))
+    old, new = before(lm), list(grpo.hf_state(grpo.Policy(lm)))
     times = {"before": [], "after": []}
     for _ in range(args.repeats):  # alternate, so drift on a shared machine hits both paths alike
         t = time.perf_counter()

@@ -15,7 +15,7 @@ from_config on the GPU: nothing is downloaded), fp32 master weights, gradient ch
 it (foreach: torch's default on CUDA); bf16 autocast. First a 2 x 8-token micro-batch and an optimizer step, so that
 gradients and AdamW's state exist as at a run's second micro-batch; then torch.cuda.reset_peak_memory_stats and the
 measured micro-batch: 2 right-padded sequences (seq_len and seq_len - 1 tokens, --completion of them completion
-tokens) through grpo.score (Scorer -> token_stats, logits in chunks of --chunk positions), grpo.grpo_loss and
+tokens) through grpo.micro_batch_stats (Policy -> token_stats, logits in chunks of --chunk positions), grpo.grpo_loss and
 backward (bench_memory.micro_batch_loss: the body of grpo.update's loop); then clip_grad_norm_ and AdamW.step.
 
 What it measures: torch.cuda.max_memory_allocated over forward + backward and over the optimizer step, the reserved
@@ -85,7 +85,8 @@ class AttentionProbe(TorchDispatchMode):
 def on_device(batch: bm.Batch, device) -> bm.Batch:
     ro = batch.rollouts
     rollouts = grpo.Rollouts(*(getattr(ro, f).to(device) for f in
-                               ("ids", "attention_mask", "loss_mask", "sampler_logp", "adv", "phi")))
+                               ("ids", "attention_mask", "loss_mask", "sampler_logp", "adv")),
+                             seq_lens=ro.seq_lens, completion_lens=ro.completion_lens)  # on the host
     return bm.Batch(rollouts, batch.weights.to(device), batch.true_counts, batch.n_tokens)
 
 

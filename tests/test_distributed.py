@@ -94,7 +94,7 @@ def test_sync_casts_to_the_engine_dtype_and_gathers_a_tied_tensor_once(tied_mode
     lm = AutoModelForCausalLM.from_pretrained(tied_model, dtype=torch.float32)
     assert lm.lm_head.weight is lm.model.embed_tokens.weight
     stub = type("StubEngine", (), {"llm": Recorder(), "dtype": torch.bfloat16})()
-    Engine.sync_weights(stub, grpo.hf_state(grpo.Scorer(lm)))
+    Engine.sync_weights(stub, grpo.hf_state(grpo.Policy(lm)))
     sent = dict(stub.llm.sent)
     assert sent["lm_head.weight"] is sent["model.embed_tokens.weight"], "one cast (one gather), sent under both names"
     assert all(t.dtype == torch.bfloat16 for t in sent.values())
@@ -185,7 +185,7 @@ def fail(*args, **kwargs):
 
 @pytest.mark.parametrize("crash_in", ["train-state", "rng", "hf-model", "pointer"])
 def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tiny_model, tmp_path, monkeypatch, crash_in):
-    policy = grpo.Scorer(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32))
+    policy = grpo.Policy(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=0.1)
     good = grpo.save_checkpoint(tmp_path, 0, policy, optimizer, tiny_model, rank=0)
     saved = {k: v.clone() for k, v in policy.state_dict().items()}
@@ -206,7 +206,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tiny_model, 
     monkeypatch.undo()
 
     assert grpo.latest_checkpoint(tmp_path) == good
-    fresh = grpo.Scorer(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32))
+    fresh = grpo.Policy(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32))
     assert grpo.load_checkpoint(good, fresh, torch.optim.AdamW(fresh.parameters(), lr=0.1), rank=0) == 1
     assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
     reloaded = AutoModelForCausalLM.from_pretrained(good / "hf")

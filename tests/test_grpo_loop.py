@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import data
 import grpo
+import rapo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def tiny_prompts(model: str, n: int = 8) -> list[data.Prompt]:
 
 def trainer_logprobs(model_dir: str, samples, temperature: float) -> list[torch.Tensor]:
     """The trainer's log-probabilities of each sample's completion tokens, recomputed from `model_dir`."""
-    scorer = grpo.Scorer(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
+    scorer = grpo.Policy(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
     ids, attention_mask, loss_mask = grpo.batch_tensors(
         [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids)) for s in samples], "cpu")  # [b, S]
     with torch.no_grad():
@@ -167,7 +168,7 @@ def prompt_and_completion_batch(model_dir):
     shapes = [(5, 4), (3, 6), (7, 2)]  # (prompt tokens, completion tokens)
     seqs = [dict(ids=torch.randint(3, 300, (p + c,), generator=g).tolist(), n_prompt=p) for p, c in shapes]
     ids, attention_mask, loss_mask = grpo.batch_tensors(seqs, "cpu")  # [3, 10] each
-    model = grpo.Scorer(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
+    model = grpo.Policy(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
     return model, seqs, ids, attention_mask, loss_mask
 
 
@@ -290,9 +291,10 @@ def test_a_stale_weight_sync_stops_the_run_in_one_line(tiny_model, engine, tmp_p
 def test_a_drifting_reweighted_reference_stops_the_run(tiny_model, engine, tmp_path):
     """RAPO's reweighted reference past --ref-hat-max-entropy-gain (set below what phi 0.5 over the whole vocabulary
     adds) stops the run at the first step, naming the flags to change."""
-    cfg = tiny_config(tiny_model, tmp_path, kl_coef=0.1, kl="forward-exact", ref_phi_min=0.5, ref_nucleus=0.0,
+    cfg = tiny_config(tiny_model, tmp_path, kl_coef=0.1, kl="forward-exact", ref_nucleus=0.0,
                       ref_hat_max_entropy_gain=1e-6)
     with pytest.raises(grpo.HealthError, match=r"ref_hat_entropy_gain .* --ref-hat-max-entropy-gain.*--ref-nucleus"):
-        grpo.train(cfg, tiny_prompts(tiny_model), lambda text, prompt: 0.0, engine=engine)
+        grpo.train(cfg, tiny_prompts(tiny_model), lambda text, prompt: 0.0, engine=engine,
+                   ref_sharpness=rapo.phi_rule(0.5))
     logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert logged["reweighted_frac"] == 1.0 and logged["ref_hat_entropy_gain"] > 1e-6 and logged["ref_hat_tail"] >= 0

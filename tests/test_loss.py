@@ -293,7 +293,7 @@ def test_kl_choice_expected_gradient_is_the_named_kl_gradient(kind, seed, phi):
     expected_grad = [torch.zeros_like(h), torch.zeros_like(W)]
     expected_value = 0.0
     for a in range(V):
-        s = grpo.token_stats(h, W, torch.tensor([a]), T, chunk_size=1, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi_t)
+        s = grpo.token_stats(h, W, torch.tensor([a]), T, chunk_size=1, ref_hidden=ref_h, ref_head=ref_W, ref_sharpness=phi_t)
         loss, metrics = grpo.grpo_loss(s["logp"], s["logp"].detach(), torch.zeros(1, dtype=torch.float64),
                                        torch.ones(1, dtype=torch.float64), eps_low=0.2, eps_high=0.2,
                                        ref_logp=s["ref_logp"], kl=kind, kl_coef=1.0, kl_clamp=50.0,
@@ -403,7 +403,7 @@ def random_case(n=10, hidden=8, vocab=13, seed=0):
 def test_temperature_and_forward_kl_match_a_naive_reference():
     h, W, y, ref_h, ref_W, phi = random_case()
     for T in (1.0, 0.6, 1.7):
-        s = grpo.token_stats(h, W, y, T, chunk_size=4, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
+        s = grpo.token_stats(h, W, y, T, chunk_size=4, ref_hidden=ref_h, ref_head=ref_W, ref_sharpness=phi)
         naive = naive_stats(h, W, y, T, ref_h, ref_W, phi)
         for name in ("logp", "entropy", "ref_logp", "kl_forward", "kl_reverse"):
             torch.testing.assert_close(s[name].double(), naive[name], atol=1e-5, rtol=1e-5, msg=f"{name} at T={T}")
@@ -414,13 +414,13 @@ def test_reference_reweighting_phi():
     """phi = 1 (or no phi) is the plain reference; phi = 0 is the uniform distribution, log ref = -log V."""
     h, W, y, ref_h, ref_W, _ = random_case()
     T, n, V = 0.8, len(y), W.shape[0]
-    plain = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W)  # ref_phi=None
-    ones = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W, ref_phi=torch.ones(n))
+    plain = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W)  # ref_sharpness=None
+    ones = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W, ref_sharpness=torch.ones(n))
     ref_logp = torch.log_softmax(ref_h @ ref_W.T / T, -1)[torch.arange(n), y]
     torch.testing.assert_close(plain["ref_logp"], ref_logp)
     torch.testing.assert_close(ones["ref_logp"], ref_logp)
     torch.testing.assert_close(ones["kl_forward"], plain["kl_forward"])
-    uniform = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W, ref_phi=torch.zeros(n))
+    uniform = grpo.token_stats(h, W, y, T, 3, ref_hidden=ref_h, ref_head=ref_W, ref_sharpness=torch.zeros(n))
     torch.testing.assert_close(uniform["ref_logp"], torch.full((n,), -math.log(V)))
     logp_all = torch.log_softmax(h @ W.T / T, -1)  # KL(uniform || pi) = -log V - mean_v log pi(v)
     torch.testing.assert_close(uniform["kl_forward"], -math.log(V) - logp_all.mean(-1))
@@ -438,7 +438,7 @@ def test_forward_kl_gradient_is_minus_expected_score_under_the_reference():
     """
     T = 0.7
     h, W, y, ref_h, ref_W, phi = random_case(n=3, hidden=5, vocab=7, seed=1)
-    s = grpo.token_stats(h, W, y, T, chunk_size=2, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
+    s = grpo.token_stats(h, W, y, T, chunk_size=2, ref_hidden=ref_h, ref_head=ref_W, ref_sharpness=phi)
     ref_probs = torch.softmax(ref_h @ ref_W.T / T, -1) ** phi[:, None]  # [N, V] ref^phi / Z
     ref_probs = ref_probs / ref_probs.sum(-1, keepdim=True)
     for i in range(len(y)):
@@ -452,7 +452,7 @@ def test_forward_kl_gradient_is_minus_expected_score_under_the_reference():
         torch.testing.assert_close(grad_W, expected_W, atol=1e-5, rtol=1e-5)
 
     z = (h @ W.T).detach().requires_grad_()  # [N, V] policy logits
-    s = stats_from_logits(z, y.tolist(), T, ref_hidden=ref_h @ ref_W.T, ref_phi=phi)
+    s = stats_from_logits(z, y.tolist(), T, ref_hidden=ref_h @ ref_W.T, ref_sharpness=phi)
     (grad_z,) = torch.autograd.grad(s["kl_forward"].sum(), z)
     torch.testing.assert_close(grad_z, (torch.softmax(z / T, -1) - ref_probs).detach() / T, atol=1e-6, rtol=1e-5)
 
@@ -472,7 +472,7 @@ def test_chunked_and_unchunked_agree_in_values_and_gradients():
     mix = torch.randn(4, len(y), generator=torch.Generator().manual_seed(5))
     results = []
     for chunk in (3, 10, 64):
-        s = grpo.token_stats(h, W, y, 0.6, chunk, ref_hidden=ref_h, ref_head=ref_W, ref_phi=phi)
+        s = grpo.token_stats(h, W, y, 0.6, chunk, ref_hidden=ref_h, ref_head=ref_W, ref_sharpness=phi)
         results.append({**s, "grads": torch.autograd.grad(combine(s, mix), (h, W))})
     naive = naive_stats(h, W, y, 0.6, ref_h, ref_W, phi)
     naive["grads"] = torch.autograd.grad(combine(naive, mix.double()), (h, W))
@@ -496,7 +496,7 @@ def test_vllm_logprobs_equal_trainer_logprobs_at_temperature(engine, tiny_model)
                for i in range(3)]
     samples = [s for group in engine.generate(prompts, n=2, temperature=0.6, max_tokens=12, seeds=[3, 13, 23])
                for s in group]
-    scorer = grpo.Scorer(lm)
+    scorer = grpo.Policy(lm)
     ids, attention_mask, loss_mask = grpo.batch_tensors(
         [dict(ids=s.prompt_ids + s.completion_ids, n_prompt=len(s.prompt_ids)) for s in samples], "cpu")  # [b, S]
     vllm_logp = torch.tensor([lp for s in samples for lp in s.logprobs])
@@ -538,7 +538,7 @@ PAPERS = {
     "eps_high": [r"DAPO"],
     "adv_std_norm": [GRPO, r"Dr\.GRPO"],
     "entropy_coef": [r"POPE"],
-    "ref_phi_min": [r"RAPO"],
+    "ref_nucleus": [r"RAPO"],
 }
 
 

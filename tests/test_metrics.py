@@ -207,14 +207,14 @@ def test_clip_counts_only_tokens_whose_clip_holds_for_their_advantage_sign():
 
 class TablePolicy(torch.nn.Module):
     """A policy whose log-probability of token t is table[t] whatever the context: the trainer's side of the gap
-    is known exactly. Called like grpo.Scorer."""
+    is known exactly. Called like grpo.Policy."""
 
     def __init__(self, table: list[float]):
         super().__init__()
         self.table = torch.nn.Parameter(torch.tensor(table))
 
     def forward(self, input_ids, attention_mask, loss_mask, temperature, chunk_size, ref=None):
-        logp = self.table[input_ids[:, 1:][loss_mask[:, 1:]]]  # [N] at the completion tokens, as Scorer
+        logp = self.table[input_ids[:, 1:][loss_mask[:, 1:]]]  # [N] at the completion tokens, as Policy
         return {"logp": logp, "entropy": torch.zeros_like(logp)}
 
 
@@ -231,7 +231,7 @@ def test_logprob_gap_is_the_mean_and_max_of_the_absolute_difference_over_tokens(
     cfg = grpo.Config(micro_batch_size=1, adv_std_norm=False, max_new_tokens=2, temperature=1.0)
     policy = TablePolicy([0.0, 0.0, -1.0, -2.0])
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
-    sums = grpo.update(policy, None, optimizer, grpo.make_rollouts(groups, rewards, cfg, "cpu"), cfg, "cpu",
+    sums = grpo.update(policy, None, optimizer, grpo.rollout_tensors(groups, rewards, None, cfg, "cpu"), cfg, "cpu",
                        contextlib.nullcontext(), {})
     assert (sums["n_tokens"], sums["n_pos"], sums["n_neg"], sums["clip_pos"], sums["clip_neg"]) == (3, 1, 2, 0, 0)
     m = grpo.step_metrics(0, [bare_prompt(0)], groups, rewards, sums, 0, 0.0, ["unguided"], {}, "cpu")
@@ -246,7 +246,7 @@ def test_logprob_gap_is_the_mean_and_max_of_the_absolute_difference_over_tokens(
 def fake_train(calls: list):
     """Stands in for grpo.train: each step logs prompts_per_step x group_size rollouts of 3 tokens each, and the
     eval at the last step; the config of every call is kept."""
-    def train(cfg, prompts, reward_fn, eval_prompts=None, engine=None):
+    def train(cfg, prompts, reward_fn, eval_prompts=None, engine=None, ref_sharpness=None):
         calls.append(cfg)
         per_step = cfg.prompts_per_step * cfg.group_size
         return [{"step": s, "samples": per_step, "sampled_tokens": 3 * per_step, "entropy": 1.0, "reward": 0.0,

@@ -36,13 +36,13 @@ def test_guided_prompt_holds_the_prefix_and_it_carries_no_loss(tiny_model, engin
     assert guided.kind == "guided" and guided.prefix == prefix
 
     seen = []  # (input_ids, loss_mask) of every trainer forward pass
-    forward = grpo.Scorer.forward
+    forward = grpo.Policy.forward
 
     def spy(self, input_ids, attention_mask, loss_mask, *args, **kwargs):
         seen.append((input_ids.clone(), loss_mask.clone()))
         return forward(self, input_ids, attention_mask, loss_mask, *args, **kwargs)
 
-    monkeypatch.setattr(grpo.Scorer, "forward", spy)
+    monkeypatch.setattr(grpo.Policy, "forward", spy)
     cfg = grpo.Config(model=tiny_model, out_dir=str(tmp_path), steps=1, prompts_per_step=1, group_size=4,
                       max_new_tokens=8, max_model_len=1024, log_samples=0)
     grpo.train(cfg, [guided], lambda text, prompt: float(len(text) % 2), engine=engine)

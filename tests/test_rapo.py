@@ -24,7 +24,7 @@ def stats_with_reference(phi: torch.Tensor, temperature: float = 0.7):
     torch.manual_seed(0)
     h, W, ref_h, ref_W = torch.randn(6, 8), torch.randn(11, 8), torch.randn(6, 8), torch.randn(11, 8)
     s = grpo.token_stats(h, W, torch.tensor([0, 3, 3, 10, 1, 7]), temperature, chunk_size=4, ref_hidden=ref_h,
-                         ref_head=ref_W, ref_phi=phi)
+                         ref_head=ref_W, ref_sharpness=phi)
     return s, h @ W.T / temperature, ref_h @ ref_W.T / temperature  # [6, 11] each
 
 
@@ -200,7 +200,8 @@ def test_each_arm_trains_on_the_tiny_model(tiny_model, engine, tmp_path, arm):
                               grad_checkpointing=False, log_samples=0)
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompts = [data.make_prompt(tok, data.Problem(str(i), f"What is {i} + {i}?", str(2 * i))) for i in range(4)]
-    history = grpo.train(cfg, prompts, lambda text, prompt: float(len(text) % 2 == 0), engine=engine)
+    history = grpo.train(cfg, prompts, lambda text, prompt: float(len(text) % 2 == 0), engine=engine,
+                         ref_sharpness=rapo.phi_rule(cfg.ref_phi_min, cfg.ref_phi_source))
     assert len(history) == 2
     assert all(math.isfinite(h["kl"]) and math.isfinite(h["entropy"]) and h["entropy"] > 0 for h in history)
     # step 0 runs before any update, so the policy is the reference: only RAPO's reweighted reference differs from it
@@ -248,7 +249,7 @@ def test_reweighting_tempers_the_nucleus_and_leaves_the_rest():
 
 @pytest.mark.parametrize("source", ["sample", "group-mean"])
 def test_failed_samples_get_the_reweighted_reference_through_the_trainer(tiny_model, source):
-    """Through the trainer's own path (make_rollouts -> score): in a group with rewards (1, 0) and phi_min 0.5, the
+    """Through the trainer's own path (rapo.phi_rule -> rollout_tensors -> micro_batch_stats): in a group with rewards (1, 0) and phi_min 0.5, the
     correct sample is scored against the plain reference and the failed one against ref^0.5 in the nucleus (source
     'sample'); with 'group-mean' both get phi = 0.75. Planting phi from the wrong end fails this."""
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -256,13 +257,14 @@ def test_failed_samples_get_the_reweighted_reference_through_the_trainer(tiny_mo
     completions = [tok.encode("4 is it")[:4], tok.encode("5, no")[:4]]
     Sample = __import__("rollout").Sample
     groups = [[Sample(prompt_ids, c, [0.0] * len(c), "", "stop") for c in completions]]
-    cfg = grpo.Config(model=tiny_model, kl_coef=0.1, kl="forward-exact", ref_phi_min=0.5, ref_phi_source=source,
+    cfg = grpo.Config(model=tiny_model, kl_coef=0.1, kl="forward-exact",
                       ref_nucleus=0.0)  # the whole vocabulary: every position changes with phi
-    ro = grpo.make_rollouts(groups, torch.tensor([[1.0, 0.0]]), cfg, "cpu")
+    rewards = torch.tensor([[1.0, 0.0]])
+    ro = grpo.rollout_tensors(groups, rewards, rapo.phi_rule(0.5, source)(rewards), cfg, "cpu")
     policy = grpo.load_model(cfg, "cpu", world=1, trainable=True)
     ref = grpo.load_model(cfg, "cpu", world=1, trainable=False)
     with torch.no_grad():
-        got = grpo.score(policy, ref, ro, cfg, contextlib.nullcontext())["ref_logp"].split(ro.loss_mask.sum(1).tolist())
+        got = grpo.micro_batch_stats(policy, ref, ro, cfg, contextlib.nullcontext())["ref_logp"].split(ro.loss_mask.sum(1).tolist())
         hidden = ref(ro.ids, ro.attention_mask, ro.loss_mask)  # [N, H]
     plain = torch.log_softmax(hidden @ ref.head.T / cfg.temperature, -1)  # [N, V]
     targets = ro.ids[:, 1:][ro.loss_mask[:, 1:]]  # [N]
@@ -272,3 +274,10 @@ def test_failed_samples_get_the_reweighted_reference_through_the_trainer(tiny_mo
     for i, phi in enumerate(phis):
         torch.testing.assert_close(got[i], want[phi][i])
     assert (want[0.5][1] - want[1.0][1]).abs().max() > 1e-3, "phi must change the reference's logprobs here"
+
+
+def test_a_flag_given_at_its_default_value_still_wins_over_the_arm():
+    """--kl forward-exact is RapoConfig's own default: given explicitly, the grpo-rkl preset must not replace it
+    (nor --out-dir, given as --flag=value)."""
+    cfg = rapo.parse(["--arm", "grpo-rkl", "--kl", "forward-exact", "--out-dir=runs/mine"])
+    assert (cfg.kl, cfg.kl_coef, cfg.ref_phi_min, cfg.out_dir) == ("forward-exact", 1e-3, 1.0, "runs/mine")

@@ -80,6 +80,7 @@ import data  # noqa: E402
 import evaluate  # noqa: E402
 import grpo  # noqa: E402
 import pope_world  # noqa: E402
+import rapo  # noqa: E402
 import tiny  # noqa: E402
 from common import ConfigError, one_line_errors, opt, parse_config, request_seed, shutdown  # noqa: E402
 
@@ -179,7 +180,7 @@ ARMS = {
     "grpo-rkl": lambda c: dict(kl="reverse-exact", kl_coef=c.kl_coef),
     "grpo-fkl": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef),
     "rapo": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef, ref_phi_min=c.ref_phi_min, ref_nucleus=c.ref_nucleus),
-}
+}  # ref_phi_min is not a grpo.Config field: it is RAPO's rule, rapo.phi_rule, which run_seed hands to grpo.train
 
 
 @dataclass
@@ -240,12 +241,15 @@ def run_seed(cfg: RapoToyConfig, arms: list[str], base_dir: str, engine, tok, se
     print(f"rapo toy seed {seed}: base model: {summary_line(results['base'])}", flush=True)
     for arm in arms:
         t = time.time()
+        knobs = ARMS[arm](cfg)
+        phi = rapo.phi_rule(knobs.pop("ref_phi_min", 1.0))  # RAPO's phi from each sample's reward; None: plain ref
         arm_cfg = grpo.Config(model=base_dir, out_dir=str(Path(cfg.out_dir) / f"seed{seed}" / arm), steps=cfg.steps,
                               seed=seed, prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size,
                               temperature=1.0, max_new_tokens=cfg.max_new_tokens, max_model_len=256, lr=cfg.lr,
                               adv_std_norm=False, micro_batch_size=128, log_samples=1, entropy_coef=cfg.entropy_coef,
-                              **ARMS[arm](cfg))
-        history = grpo.train(arm_cfg, train, pope_world.toy_reward, engine=engine)  # the engine ends with its weights
+                              **knobs)
+        history = grpo.train(arm_cfg, train, pope_world.toy_reward, engine=engine,
+                             ref_sharpness=phi)  # the engine ends with the arm's weights
         results[arm] = {"pass": measure(engine, held_out, cfg, seed), "entropy": [h["entropy"] for h in history],
                         "reward": [h["reward"] for h in history],
                         "rollouts": sum(h["samples"] for h in history),
