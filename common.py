@@ -163,6 +163,8 @@ def init_distributed(timeout_minutes: float = 240.0) -> tuple[int, int, torch.de
 def reduce_sums(sums: dict, device, op=None) -> dict[str, float]:
     """Add (or max, with op=MAX) metric values over ranks in one collective; values are numbers or 0-dim tensors on
     `device`, and the host reads them all at once (one device sync however many there are)."""
+    if not dist.is_initialized() and not any(isinstance(v, torch.Tensor) for v in sums.values()):
+        return {k: float(v) for k, v in sums.items()}  # host numbers in one process: nothing to move
     if not sums:
         return {}
     t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums.values()])  # [k]

@@ -222,6 +222,34 @@ def reweighted_reference(ref_logp: torch.Tensor, sharpness: torch.Tensor, nucleu
 REF_TAIL_BELOW = 1e-4  # `ref_hat_tail` counts the tokens the plain reference gives less than this
 
 
+def _logits(h, head, temperature):
+    """Logits / T [n, V] of hidden states h [n, H], in float32 at least."""
+    logits = h @ head.T  # [n, V]
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 stays
+
+
+def _chunk_stats(h, y, ref_h=None, sharpness=None, *, head, ref_head, temperature, nucleus):
+    """`token_stats` of one chunk of positions, as a tuple in the order of its names."""
+    logp_all = torch.log_softmax(_logits(h, head, temperature), dim=-1)  # [n, V]
+    logp = logp_all.gather(-1, y[:, None])[:, 0]  # [n]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n]
+    if ref_h is None:
+        return logp, entropy
+    ref_all = torch.log_softmax(_logits(ref_h, ref_head, temperature), dim=-1)  # [n, V]
+    plain, reweighting = ref_all, ()
+    if sharpness is not None:  # RAPO: ref_hat in place of ref
+        ref_all = reweighted_reference(plain, sharpness, nucleus)  # [n, V]
+    ref_probs = ref_all.exp()  # [n, V]
+    if sharpness is not None:  # what the tempering did to the reference
+        tail = (ref_probs * (plain < math.log(REF_TAIL_BELOW))).sum(-1)  # [n]
+        gain = torch.special.entr(ref_probs).sum(-1) - torch.special.entr(plain.exp()).sum(-1)  # [n] H(ref_hat)-H(ref)
+        reweighting = (tail, gain)
+    ref_logp = ref_all.gather(-1, y[:, None])[:, 0]  # [n]
+    kl_forward = (ref_probs * (ref_all - logp_all)).sum(-1)  # [n] KL(ref || pi) at this position
+    kl_reverse = (logp_all.exp() * (logp_all - ref_all)).sum(-1)  # [n] KL(pi || ref) at this position
+    return (logp, entropy, ref_logp, kl_forward, kl_reverse) + reweighting
+
+
 def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, temperature: float,
                 chunk_size: int, ref_hidden: torch.Tensor | None = None, ref_head: torch.Tensor | None = None,
                 ref_sharpness: torch.Tensor | None = None, ref_nucleus: float = 0.0) -> dict[str, torch.Tensor]:
@@ -260,32 +288,6 @@ def token_stats(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
     names = ["logp", "entropy"] + (["ref_logp", "kl_forward", "kl_reverse"] if with_ref else []) + (
         ["ref_hat_tail", "ref_hat_entropy_gain"] if reweighted else [])
     return {name: torch.cat([o[j] for o in outs]) if outs else hidden.new_zeros(0) for j, name in enumerate(names)}
-
-
-def _logits(h, head, temperature):
-    logits = h @ head.T  # [n, V]
-    return logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32, fp64 stays
-
-
-def _chunk_stats(h, y, ref_h=None, sharpness=None, *, head, ref_head, temperature, nucleus):
-    logp_all = torch.log_softmax(_logits(h, head, temperature), dim=-1)  # [n, V]
-    logp = logp_all.gather(-1, y[:, None])[:, 0]  # [n]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n]
-    if ref_h is None:
-        return logp, entropy
-    ref_all = torch.log_softmax(_logits(ref_h, ref_head, temperature), dim=-1)  # [n, V]
-    plain, reweighting = ref_all, ()
-    if sharpness is not None:  # RAPO: ref_hat in place of ref
-        ref_all = reweighted_reference(plain, sharpness, nucleus)  # [n, V]
-    ref_probs = ref_all.exp()  # [n, V]
-    if sharpness is not None:  # what the tempering did to the reference
-        tail = (ref_probs * (plain < math.log(REF_TAIL_BELOW))).sum(-1)  # [n]
-        gain = torch.special.entr(ref_probs).sum(-1) - torch.special.entr(plain.exp()).sum(-1)  # [n] H(ref_hat)-H(ref)
-        reweighting = (tail, gain)
-    ref_logp = ref_all.gather(-1, y[:, None])[:, 0]  # [n]
-    kl_forward = (ref_probs * (ref_all - logp_all)).sum(-1)  # [n] KL(ref || pi) at this position
-    kl_reverse = (logp_all.exp() * (logp_all - ref_all)).sum(-1)  # [n] KL(pi || ref) at this position
-    return (logp, entropy, ref_logp, kl_forward, kl_reverse) + reweighting
 
 
 def token_weights(seq_lens: torch.Tensor, mode: str, n_seqs: int, n_tokens: int, max_len: int) -> torch.Tensor:
@@ -471,6 +473,16 @@ def rollout_tensors(groups, rewards: torch.Tensor, ref_sharpness: torch.Tensor |
 # The models: the policy and the reference, whose forwards return `token_stats` at completion positions
 
 
+def full_tensor(t):
+    """A tensor whole: an FSDP2 shard (DTensor) gathered from every rank, anything else as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def world_size() -> int:
+    """Ranks in the job (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def completion_states(lm, input_ids, attention_mask, loss_mask) -> torch.Tensor:
     """The final hidden states [N, H] that predict completion tokens (position j predicts token j + 1)."""
     hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # [b,S,H]
@@ -533,10 +545,6 @@ def hf_state(policy: Policy):
     """(HF name, parameter) pairs of the policy for the engine, in a fixed order; a tied embedding is one parameter
     under both of its names (`Engine.sync_weights` gathers it once). Buffers are not weights: none is sent."""
     return policy.lm.named_parameters(remove_duplicate=False)
-
-
-def full_tensor(t):
-    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -721,10 +729,6 @@ def make_engine(cfg: Config, world: int) -> Engine:
                   gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                   kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
                   distributed=world > 1, log_level=cfg.vllm_log_level)
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def save_checkpoint(out_dir: Path, step: int, policy: Policy, optimizer, model: str, rank: int) -> Path:

@@ -8,9 +8,10 @@
 
 The CPU toy world of these arms is `python toys/rapo_world.py`; the Proposition 3.3 check, `python toys/prop33.py`.
 
-What changes from GRPO (grpo.py holds the loss and the mechanism: a per-sequence sharpness of the KL's reference,
-`grpo.reweighted_reference`; this file holds RAPO's rule for it, `reward_phi`, and the arms' knobs). Per completion token t of sample i,
-with pi = pi_theta(. | s_t) and ref = pi_ref(. | s_t):
+What changes from GRPO. grpo.py holds the loss and the mechanism, a per-sequence sharpness of the KL's reference
+(`grpo.reweighted_reference`); this file holds RAPO's rule for it, `reward_phi`, which reaches `grpo.train` the way
+the reward function does, and the arms' knobs. Per completion token t of sample i, with pi = pi_theta(. | s_t) and
+ref = pi_ref(. | s_t):
 
     L_t           = -clipped surrogate_t + alpha * KL(ref_hat_i || pi) - beta * H(pi)     (GRPO: alpha * KL(pi || ref))
     ref_hat_i     = ref^phi_i on the reference's nucleus, renormalised to its mass (grpo.reweighted_reference)

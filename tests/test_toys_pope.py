@@ -35,7 +35,7 @@ def test_oracle_solution_verifies(steps: int) -> None:
         state = start
         for i, line in enumerate(lines[:-1]):  # consecutive names (Z wraps to A), registers in turn, +8 each
             label, register = pope_world.LABELS[(pope_world.LABELS.index(first) + i) % 26], "abcd"[i % 4]
-            state = pope_world.step(state, register)
+            state = pope_world.add_to_register(state, register)
             assert line == f"{label}/{last} {register}: {pope_world.show(state)}"
         assert label == last and lines[-1] == f"\\boxed{{{p.answer}}}" and pope_world.show(state) == p.answer
         assert pope_world.toy_reward(p.solution, data.Prompt(p, [])) == 1.0
@@ -43,9 +43,9 @@ def test_oracle_solution_verifies(steps: int) -> None:
 
 
 def test_step_adds_8_mod_10_without_carry() -> None:
-    assert pope_world.step("3705", "c") == "3785" and not pope_world.wraps("3705", "c")
-    assert pope_world.step("3795", "c") == "3775" and pope_world.wraps("3795", "c")
-    assert pope_world.step("9999", "a") == "7999" and pope_world.wraps("9999", "a")
+    assert pope_world.add_to_register("3705", "c") == "3785" and not pope_world.wraps("3705", "c")
+    assert pope_world.add_to_register("3795", "c") == "3775" and pope_world.wraps("3795", "c")
+    assert pope_world.add_to_register("9999", "a") == "7999" and pope_world.wraps("9999", "a")
     assert [pope_world.wraps(f"{d}000", "a") for d in range(10)] == [False] * 2 + [True] * 8  # 8 in 10 lines wrap
 
 
@@ -62,7 +62,7 @@ def test_sloppy_solutions_saturate_wraps_at_the_rate_asked_and_carry_on() -> Non
         state = "".join(re.findall(r"start at a(\d) b(\d) c(\d) d(\d)", p.problem)[0])
         for line, (_, register) in zip(lines, ops):
             said = "".join(re.findall(r"a(\d) b(\d) c(\d) d(\d)", line)[0])
-            right, j = pope_world.step(state, register), "abcd".index(register)
+            right, j = pope_world.add_to_register(state, register), "abcd".index(register)
             if said != right:  # only a wrapping line errs, and only by stopping at 9; the next lines carry on
                 assert pope_world.wraps(state, register) and said == right[:j] + "9" + right[j + 1:]
             wrapping += pope_world.wraps(state, register) and line not in lines[:5]

@@ -93,8 +93,8 @@ def show(state: str) -> str:
     return " ".join(f"{r}{v}" for r, v in zip(REGISTERS, state))
 
 
-def step(state: str, register: str) -> str:
-    """`step("3795", "c") == "3775"`: add ADD (8) to one register, mod 10 (no carry)."""
+def add_to_register(state: str, register: str) -> str:
+    """`add_to_register("3795", "c") == "3775"`: add ADD (8) to one register, mod 10 (no carry)."""
     i = REGISTERS.index(register)
     return state[:i] + str((int(state[i]) + ADD) % 10) + state[i + 1:]
 
@@ -130,7 +130,7 @@ def worked_lines(start: str, ops: list[tuple[str, str]], wrap_error: float = 0.0
     """
     state, lines, last = start, [], ops[-1][0]
     for i, (label, register) in enumerate(ops):
-        new, j = step(state, register), REGISTERS.index(register)
+        new, j = add_to_register(state, register), REGISTERS.index(register)
         if i >= exact and wrap_error and wraps(state, register) and rng.random() < wrap_error:
             new = new[:j] + "9" + new[j + 1:]
         state = new
@@ -226,7 +226,7 @@ def line_accuracy(text: str, problem: data.Problem) -> tuple[int, int]:
         if not m:
             break
         said = "".join(m.groups()[3:])
-        right += m[0].split(":")[0] == gold.split(":")[0] and said == step(state, m[3])
+        right += m[0].split(":")[0] == gold.split(":")[0] and said == add_to_register(state, m[3])
         state = said
     return right, checked
 
