@@ -218,6 +218,15 @@ def one_line_errors(timeout_minutes: float | None = None):
                  f"{str(e).splitlines()[0][:200]}")
 
 
+def command_line(cls, run, argv=None, presets=None) -> None:
+    """A script's entry point: the flags parsed into `cls` once (`parse_config`), `run(cfg)` with bad input ending in
+    one line, then a clean end of the torchrun job."""
+    cfg = parse_config(cls, argv, presets)
+    with one_line_errors(getattr(cfg, "dist_timeout_minutes", None)):
+        run(cfg)
+    shutdown()
+
+
 def shutdown() -> None:
     """End a torchrun job cleanly once every rank is done."""
     if dist.is_initialized():

@@ -62,8 +62,8 @@ from transformers.utils import logging as transformers_logging
 import data
 import evaluate
 import reward
-from common import (ConfigError, HealthError, check_model_path, compute_dtype, init_distributed, one_line_errors, opt,
-                    parse_config, reduce_sums, request_seed, shutdown)
+from common import (ConfigError, HealthError, check_model_path, command_line, compute_dtype, init_distributed, opt,
+                    reduce_sums, request_seed)
 from rollout import Engine
 
 
@@ -953,11 +953,7 @@ def run(cfg: Config, ref_sharpness=None) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    """Parse the flags and run; bad input exits in one line."""
-    cfg = parse_config(Config, argv)
-    with one_line_errors(cfg.dist_timeout_minutes):
-        run(cfg)
-    shutdown()
+    command_line(Config, run, argv)
 
 
 if __name__ == "__main__":

@@ -48,8 +48,7 @@ from transformers import AutoTokenizer
 import data
 import grpo
 import reward
-from common import (MINING, PREFIX, ConfigError, check_model_path, init_distributed, one_line_errors, opt, parse_config,
-                    preset, shutdown, stage_seed)
+from common import MINING, PREFIX, ConfigError, check_model_path, command_line, init_distributed, opt, preset, stage_seed
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
 
 
@@ -295,10 +294,7 @@ def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[di
 
 
 def main(argv=None) -> None:
-    cfg = parse_config(PopeConfig, argv)
-    with one_line_errors(cfg.dist_timeout_minutes):
-        run(cfg)
-    shutdown()
+    command_line(PopeConfig, run, argv)
 
 
 if __name__ == "__main__":

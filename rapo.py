@@ -68,7 +68,7 @@ from functools import partial
 import torch
 
 import grpo
-from common import ConfigError, one_line_errors, opt, parse_config, preset, shutdown
+from common import ConfigError, command_line, opt, parse_config, preset
 
 # The arms of the paper's comparison (its Fig. 3 calls them GRPO-RKL, GRPO-FKL and RAPO; GRPO-RKL as published is
 # grpo-k3, see the docstring). --arm picks one and its values become the defaults; a flag given explicitly still wins.
@@ -158,10 +158,7 @@ def parse(argv=None) -> RapoConfig:
 
 
 def main(argv=None) -> None:
-    cfg = parse(argv)
-    with one_line_errors(cfg.dist_timeout_minutes):
-        run(cfg)
-    shutdown()
+    command_line(RapoConfig, run, argv, presets=("arm", ARMS))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ Qwen3-4B-Instruct-2507 has them), bfloat16 compute, exact resume after SIGKILL, 
 the middle of being written."""
 
 import json
-import math
 import signal
 import subprocess
 import sys

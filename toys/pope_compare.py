@@ -44,7 +44,7 @@ import pope  # noqa: E402
 import pope_world  # noqa: E402
 import reward  # noqa: E402
 import tiny  # noqa: E402
-from common import ConfigError, one_line_errors, opt, parse_config, shutdown  # noqa: E402
+from common import ConfigError, command_line, opt  # noqa: E402
 from rollout import Engine  # noqa: E402
 
 ARMS = ("grpo", "grpo-entropy", "grpo-clip-higher", "grpo-klcov", "grpo-mix", "sft-grpo", "pope")
@@ -259,9 +259,7 @@ def plot_comparison(per_seed: dict[int, dict], cfg: ToyConfig, path: Path) -> No
 
 
 def main(argv=None) -> None:
-    with one_line_errors():
-        run(parse_config(ToyConfig, argv))
-    shutdown()
+    command_line(ToyConfig, run, argv)
 
 
 if __name__ == "__main__":

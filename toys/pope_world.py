@@ -61,7 +61,6 @@ pope_compare.py.
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import sys

@@ -82,7 +82,7 @@ import grpo  # noqa: E402
 import pope_world  # noqa: E402
 import rapo  # noqa: E402
 import tiny  # noqa: E402
-from common import ConfigError, one_line_errors, opt, parse_config, request_seed, shutdown  # noqa: E402
+from common import ConfigError, command_line, opt, request_seed  # noqa: E402
 
 RARE = 0.15  # the warm-start data's share of `careful` answers (the base model then writes 13%)
 DIRECT_SLIP = 0.1  # a direct answer's chance of a wrong digit
@@ -345,9 +345,7 @@ def plot(per_seed: dict[int, dict], path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    with one_line_errors():
-        run(parse_config(RapoToyConfig, argv))
-    shutdown()
+    command_line(RapoToyConfig, run, argv)
 
 
 if __name__ == "__main__":
