@@ -65,7 +65,7 @@ import data
 import reward
 from common import (BENCHMARK, EVAL, ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors,
                     opt, parse_config, reduce_sums, stage_seed)
-from rollout import Engine
+from rollout import Engine, Sample
 
 
 @dataclass
@@ -148,25 +148,35 @@ def summarize(problems: list[data.Problem], scores: np.ndarray, ks: list[int], r
 # Sampling and scoring (the trainer's periodic evaluation calls `sample_scores` too)
 
 
+def sample(engine: Engine, prompts: list[data.Prompt], n: int, temperature: float, max_tokens: int, seed: int,
+           stage: int, round_index: int, ids: list[int] | None = None, top_p: float = 1.0,
+           top_k: int = 0) -> list[list[Sample]]:
+    """n samples of each prompt, one list per prompt in order: the one place outside the training rollouts that
+    turns a sampling stage into request seeds. Prompt j is seeded common.stage_seed(seed, stage, round_index,
+    ids[j]), ids[j] its index in the stage's full problem list (default 0, 1, ...), so its samples depend neither
+    on the batching nor on the rank."""
+    ids = range(len(prompts)) if ids is None else ids
+    return engine.generate([p.prompt_ids for p in prompts], n=n, temperature=temperature, max_tokens=max_tokens,
+                           seeds=[stage_seed(seed, stage, round_index, i) for i in ids], top_p=top_p, top_k=top_k)
+
+
 def sample_scores(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: list[data.Prompt], n: int,
                   temperature: float, max_tokens: int, seed: int, stage: int, round_index: int, rank: int = 0,
                   world: int = 1, top_p: float = 1.0, top_k: int = 0, samples_per_call: int = 4096,
                   progress: bool = False) -> np.ndarray:
     """Rewards of n samples of each of this rank's prompts, prompts[rank::world]: an array [P_local, n].
 
-    `reward_fn(text, prompt) -> float` runs in `pool`. Prompt i (its index in the full list) is sampled with the
-    request seed common.stage_seed(seed, stage, round_index, i), whatever the number of ranks. Prompts go to vLLM a
-    few at a time, about `samples_per_call` samples per call, so at n = 2048 the completions of only a couple of
-    problems are held.
+    `reward_fn(text, prompt) -> float` runs in `pool`. Prompt i is sampled by `sample` with its index in the full
+    list, whatever the number of ranks. Prompts go to vLLM a few at a time, about `samples_per_call` samples per
+    call, so at n = 2048 the completions of only a couple of problems are held.
     """
     mine = list(range(rank, len(prompts), world))
     per_call = max(1, samples_per_call // n)
     scores = np.zeros((len(mine), n))  # [P_local, n]
     for start in tqdm(range(0, len(mine), per_call), disable=not progress, desc="sampling", leave=False):
         idx = mine[start:start + per_call]
-        groups = engine.generate([prompts[i].prompt_ids for i in idx], n=n, temperature=temperature,
-                                 max_tokens=max_tokens, seeds=[stage_seed(seed, stage, round_index, i) for i in idx],
-                                 top_p=top_p, top_k=top_k)
+        groups = sample(engine, [prompts[i] for i in idx], n, temperature, max_tokens, seed, stage, round_index,
+                        ids=idx, top_p=top_p, top_k=top_k)
         flat = pool.map(reward_fn, [(s.text, prompts[i]) for i, group in zip(idx, groups) for s in group])
         scores[start:start + len(idx)] = np.array(flat).reshape(len(idx), n)
     return scores

@@ -81,7 +81,7 @@ import evaluate  # noqa: E402
 import grpo  # noqa: E402
 import pope_world  # noqa: E402
 import tiny  # noqa: E402
-from common import ConfigError, one_line_errors, opt, parse_config, request_seed, shutdown  # noqa: E402
+from common import BENCHMARK, ConfigError, one_line_errors, opt, parse_config, shutdown  # noqa: E402
 
 RARE = 0.15  # the warm-start data's share of `careful` answers (the base model then writes 13%)
 DIRECT_SLIP = 0.1  # a direct answer's chance of a wrong digit
@@ -219,9 +219,11 @@ def pass_curve(scores: np.ndarray) -> dict[str, float]:
 
 def measure(engine, prompts: list[data.Prompt], cfg: RapoToyConfig, seed: int) -> dict:
     """pass@k on the held-out prompts from the engine's current weights (all, wrapping problems, the others), and
-    the share of answers that take the rare way (`careful`: they start with "d:")."""
-    groups = engine.generate([p.prompt_ids for p in prompts], n=cfg.eval_samples, temperature=1.0,
-                             max_tokens=cfg.max_new_tokens, seeds=[request_seed(seed, i) for i in range(len(prompts))])
+    the share of answers that take the rare way (`careful`: they start with "d:"). Sampled by evaluate.sample in
+    stage BENCHMARK, round 0, like evaluate.py's benchmarks: the held-out set is one, measured with the same
+    seeds for the base model and every arm (EVAL's round is the training step)."""
+    groups = evaluate.sample(engine, prompts, cfg.eval_samples, 1.0, cfg.max_new_tokens, seed=seed, stage=BENCHMARK,
+                             round_index=0)
     scores = np.array([[pope_world.toy_reward(s.text, p) for s in g] for g, p in zip(groups, prompts)])  # [P, n]
     rare = np.array([[s.text.startswith("d:") for s in g] for g in groups])  # [P, n]
     wrap = np.array([is_wrap(p.problem) for p in prompts])  # [P]
