@@ -63,9 +63,9 @@ from transformers import AutoTokenizer
 
 import data
 import reward
-from common import (BENCHMARK, EVAL, ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors,
-                    opt, parse_config, reduce_sums, stage_seed)
-from rollout import Engine, Sample
+from common import (BENCHMARK, EVAL, ConfigError, check_model_path, init_distributed, one_line_errors, opt,
+                    parse_config, reduce_sums, stage_seed)
+from rollout import Engine, Sample, make_engine
 
 
 @dataclass
@@ -96,6 +96,9 @@ class EvalConfig:
     vllm_gpu_memory_utilization: float = opt(0.9, "fraction of GPU memory the vLLM engine takes (vLLM's default: "
                                              "nothing else shares the GPU here)")
     vllm_kv_cache_bytes: int = opt(0, "explicit KV-cache size in bytes; 0 = from utilization (CPU default 64 MiB)")
+    vllm_log_level: str = opt("WARNING", "vLLM's own logging: WARNING keeps a step's output to the bar, the sample "
+                              "rollouts and the metrics; INFO restores vLLM's start-up and progress lines",
+                              choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     reward_workers: int = opt(0, "processes for reward scoring (0 = in this process)")
     reward_timeout: float = opt(10.0, "seconds before a reward call is abandoned and scored 0")
     dist_timeout_minutes: float = opt(240.0, "torchrun: how long a collective waits for the slowest rank (each rank "
@@ -263,10 +266,7 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
     if needed > context:
         raise ConfigError(f"the longest prompt plus --max-new-tokens {cfg.max_new_tokens} is {needed} tokens, more "
                           f"than the engine's context of {context}: raise --max-model-len or lower --max-new-tokens")
-    engine = engine or Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
-                              max_model_len=context, seed=cfg.seed,
-                              gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                              kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, distributed=world > 1)
+    engine = engine or make_engine(cfg, world, max_model_len=context)
     pool = reward.RewardPool(cfg.reward_workers, cfg.reward_timeout)
     results = {"model": cfg.model, "config": dataclasses.asdict(cfg), "benchmarks": {}}
     try:

@@ -52,6 +52,7 @@ import reward
 from common import (MINING, PREFIX, ConfigError, check_model_path, init_distributed, one_line_errors, opt, parse_config,
                     shutdown)
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
+from rollout import make_engine
 
 
 @dataclass
@@ -272,7 +273,7 @@ def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[di
         raise ConfigError(f"the engine's context {engine.max_model_len} is shorter than the {context} tokens mining "
                           "needs (the longest prompt + --mine-max-tokens)")
     # The base model samples for the offline stages, then trains; its context fits mining's budget too.
-    engine = engine or grpo.make_engine(dataclasses.replace(cfg, max_model_len=context), world)
+    engine = engine or make_engine(cfg, world, max_model_len=context, sleep_mode=cfg.sleep_level > 0)
 
     hard = problems
     if cfg.mine:

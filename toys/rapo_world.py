@@ -82,6 +82,7 @@ import grpo  # noqa: E402
 import pope_world  # noqa: E402
 import tiny  # noqa: E402
 from common import BENCHMARK, ConfigError, one_line_errors, opt, parse_config, shutdown  # noqa: E402
+from rollout import make_engine  # noqa: E402
 
 RARE = 0.15  # the warm-start data's share of `careful` answers (the base model then writes 13%)
 DIRECT_SLIP = 0.1  # a direct answer's chance of a wrong digit
@@ -296,7 +297,7 @@ def run(cfg: RapoToyConfig) -> dict:
     base_dir = cfg.base_model or build_base_model(str(Path(cfg.out_dir) / "base-model"))
     print(f"rapo toy: base model ready in {time.time() - t0:.0f} s", flush=True)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    engine = grpo.make_engine(grpo.Config(model=base_dir, max_model_len=256), 1)
+    engine = make_engine(grpo.Config(model=base_dir, max_model_len=256), 1)
     seeds = [int(s) for s in cfg.seeds.split(",")]
     per_seed = {seed: run_seed(cfg, arms, base_dir, engine, tok, seed) for seed in seeds}
     ks = reported_ks(cfg.eval_samples)
