@@ -65,7 +65,7 @@ import data
 import reward
 from common import (BENCHMARK, EVAL, ConfigError, check_model_path, init_distributed, one_line_errors, opt,
                     parse_config, reduce_sums, stage_seed)
-from rollout import Engine, Sample, make_engine
+from rollout import Engine, Sample, check_context, make_engine
 
 
 @dataclass
@@ -154,10 +154,8 @@ def summarize(problems: list[data.Problem], scores: np.ndarray, ks: list[int], r
 def sample(engine: Engine, prompts: list[data.Prompt], n: int, temperature: float, max_tokens: int, seed: int,
            stage: int, round_index: int, ids: list[int] | None = None, top_p: float = 1.0,
            top_k: int = 0) -> list[list[Sample]]:
-    """n samples of each prompt, one list per prompt in order: the one place outside the training rollouts that
-    turns a sampling stage into request seeds. Prompt j is seeded common.stage_seed(seed, stage, round_index,
-    ids[j]), ids[j] its index in the stage's full problem list (default 0, 1, ...), so its samples depend neither
-    on the batching nor on the rank."""
+    """n samples of each prompt, in order; prompt j is seeded stage_seed(seed, stage, round_index, ids[j]), ids[j] its
+    index in the stage's full problem list (default 0, 1, ...): the only stage -> request seeds outside training."""
     ids = range(len(prompts)) if ids is None else ids
     return engine.generate([p.prompt_ids for p in prompts], n=n, temperature=temperature, max_tokens=max_tokens,
                            seeds=[stage_seed(seed, stage, round_index, i) for i in ids], top_p=top_p, top_k=top_k)
@@ -261,11 +259,9 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
     rank, world, device = init_distributed(cfg.dist_timeout_minutes)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     prompts = {name: [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in ps] for name, ps in problems.items()}
-    needed = max(len(p.prompt_ids) for ps in prompts.values() for p in ps) + cfg.max_new_tokens
-    context = engine.max_model_len if engine else cfg.max_model_len or needed
-    if needed > context:
-        raise ConfigError(f"the longest prompt plus --max-new-tokens {cfg.max_new_tokens} is {needed} tokens, more "
-                          f"than the engine's context of {context}: raise --max-model-len or lower --max-new-tokens")
+    longest = max(len(p.prompt_ids) for ps in prompts.values() for p in ps)
+    context = engine.max_model_len if engine else cfg.max_model_len or longest + cfg.max_new_tokens
+    check_context(longest, cfg.max_new_tokens, context)
     engine = engine or make_engine(cfg, world, max_model_len=context)
     pool = reward.RewardPool(cfg.reward_workers, cfg.reward_timeout)
     results = {"model": cfg.model, "config": dataclasses.asdict(cfg), "benchmarks": {}}

@@ -52,7 +52,7 @@ import reward
 from common import (MINING, PREFIX, ConfigError, check_model_path, init_distributed, one_line_errors, opt, parse_config,
                     shutdown)
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
-from rollout import make_engine
+from rollout import check_context, make_engine
 
 
 @dataclass
@@ -252,13 +252,9 @@ def engine_context(cfg: PopeConfig, tokenizer, problems: list[data.Problem]) -> 
                         for c in [candidate_prefixes(p.solution, cfg.prefix_max_fraction, cfg.prefix_candidates)] if c]
     guided = max((len(data.make_guided_prompt(tokenizer, p, prefix, cfg.guided_template, cfg.system_prompt).prompt_ids)
                   for p, prefix in longest_prefixes), default=0)
-    for prompt, budget, flag, what in [(unguided, cfg.max_new_tokens, "--max-new-tokens", "unguided"),
-                                       (guided, cfg.max_new_tokens, "--max-new-tokens", "guided"),
-                                       (guided, cfg.prefix_max_tokens, "--prefix-max-tokens", "guided")]:
-        if prompt + budget > cfg.max_model_len:
-            raise ConfigError(f"the longest {what} prompt ({prompt} tokens) + {flag} {budget} = {prompt + budget} "
-                              f"tokens exceeds --max-model-len {cfg.max_model_len}: raise --max-model-len or lower "
-                              f"{flag}" + (" or --prefix-max-fraction" if what == "guided" else ""))
+    check_context(unguided, cfg.max_new_tokens, cfg.max_model_len, "unguided prompt")
+    for budget, flag in [(cfg.max_new_tokens, "--max-new-tokens"), (cfg.prefix_max_tokens, "--prefix-max-tokens")]:
+        check_context(guided, budget, cfg.max_model_len, "guided prompt", flag, " or --prefix-max-fraction")
     return max(cfg.max_model_len, unguided + cfg.mine_max_tokens) if cfg.mine else cfg.max_model_len
 
 
