@@ -63,9 +63,9 @@ from transformers import AutoTokenizer
 
 import data
 import reward
-from common import (BENCHMARK, EVAL, ConfigError, check_model_path, compute_dtype, init_distributed, one_line_errors,
-                    opt, parse_config, reduce_sums, stage_seed)
-from rollout import Engine
+from common import (BENCHMARK, EVAL, ConfigError, check_model_path, init_distributed, one_line_errors, opt,
+                    parse_config, reduce_sums, stage_seed)
+from rollout import Engine, Sample, check_context, make_engine
 
 
 @dataclass
@@ -96,6 +96,9 @@ class EvalConfig:
     vllm_gpu_memory_utilization: float = opt(0.9, "fraction of GPU memory the vLLM engine takes (vLLM's default: "
                                              "nothing else shares the GPU here)")
     vllm_kv_cache_bytes: int = opt(0, "explicit KV-cache size in bytes; 0 = from utilization (CPU default 64 MiB)")
+    vllm_log_level: str = opt("WARNING", "vLLM's own logging: WARNING keeps a step's output to the bar, the sample "
+                              "rollouts and the metrics; INFO restores vLLM's start-up and progress lines",
+                              choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     reward_workers: int = opt(0, "processes for reward scoring (0 = in this process)")
     reward_timeout: float = opt(10.0, "seconds before a reward call is abandoned and scored 0")
     dist_timeout_minutes: float = opt(240.0, "torchrun: how long a collective waits for the slowest rank (each rank "
@@ -148,25 +151,33 @@ def summarize(problems: list[data.Problem], scores: np.ndarray, ks: list[int], r
 # Sampling and scoring (the trainer's periodic evaluation calls `sample_scores` too)
 
 
+def sample(engine: Engine, prompts: list[data.Prompt], n: int, temperature: float, max_tokens: int, seed: int,
+           stage: int, round_index: int, ids: list[int] | None = None, top_p: float = 1.0,
+           top_k: int = 0) -> list[list[Sample]]:
+    """n samples of each prompt, in order; prompt j is seeded stage_seed(seed, stage, round_index, ids[j]), ids[j] its
+    index in the stage's full problem list (default 0, 1, ...): the only stage -> request seeds outside training."""
+    ids = range(len(prompts)) if ids is None else ids
+    return engine.generate([p.prompt_ids for p in prompts], n=n, temperature=temperature, max_tokens=max_tokens,
+                           seeds=[stage_seed(seed, stage, round_index, i) for i in ids], top_p=top_p, top_k=top_k)
+
+
 def sample_scores(engine: Engine, pool: reward.RewardPool, reward_fn, prompts: list[data.Prompt], n: int,
                   temperature: float, max_tokens: int, seed: int, stage: int, round_index: int, rank: int = 0,
                   world: int = 1, top_p: float = 1.0, top_k: int = 0, samples_per_call: int = 4096,
                   progress: bool = False) -> np.ndarray:
     """Rewards of n samples of each of this rank's prompts, prompts[rank::world]: an array [P_local, n].
 
-    `reward_fn(text, prompt) -> float` runs in `pool`. Prompt i (its index in the full list) is sampled with the
-    request seed common.stage_seed(seed, stage, round_index, i), whatever the number of ranks. Prompts go to vLLM a
-    few at a time, about `samples_per_call` samples per call, so at n = 2048 the completions of only a couple of
-    problems are held.
+    `reward_fn(text, prompt) -> float` runs in `pool`. Prompt i is sampled by `sample` with its index in the full
+    list, whatever the number of ranks. Prompts go to vLLM a few at a time, about `samples_per_call` samples per
+    call, so at n = 2048 the completions of only a couple of problems are held.
     """
     mine = list(range(rank, len(prompts), world))
     per_call = max(1, samples_per_call // n)
     scores = np.zeros((len(mine), n))  # [P_local, n]
     for start in tqdm(range(0, len(mine), per_call), disable=not progress, desc="sampling", leave=False):
         idx = mine[start:start + per_call]
-        groups = engine.generate([prompts[i].prompt_ids for i in idx], n=n, temperature=temperature,
-                                 max_tokens=max_tokens, seeds=[stage_seed(seed, stage, round_index, i) for i in idx],
-                                 top_p=top_p, top_k=top_k)
+        groups = sample(engine, [prompts[i] for i in idx], n, temperature, max_tokens, seed, stage, round_index,
+                        ids=idx, top_p=top_p, top_k=top_k)
         flat = pool.map(reward_fn, [(s.text, prompts[i]) for i, group in zip(idx, groups) for s in group])
         scores[start:start + len(idx)] = np.array(flat).reshape(len(idx), n)
     return scores
@@ -248,15 +259,10 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
     rank, world, device = init_distributed(cfg.dist_timeout_minutes)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     prompts = {name: [data.make_prompt(tokenizer, p, cfg.system_prompt) for p in ps] for name, ps in problems.items()}
-    needed = max(len(p.prompt_ids) for ps in prompts.values() for p in ps) + cfg.max_new_tokens
-    context = engine.max_model_len if engine else cfg.max_model_len or needed
-    if needed > context:
-        raise ConfigError(f"the longest prompt plus --max-new-tokens {cfg.max_new_tokens} is {needed} tokens, more "
-                          f"than the engine's context of {context}: raise --max-model-len or lower --max-new-tokens")
-    engine = engine or Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
-                              max_model_len=context, seed=cfg.seed,
-                              gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                              kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, distributed=world > 1)
+    longest = max(len(p.prompt_ids) for ps in prompts.values() for p in ps)
+    context = engine.max_model_len if engine else cfg.max_model_len or longest + cfg.max_new_tokens
+    check_context(longest, cfg.max_new_tokens, context)
+    engine = engine or make_engine(cfg, world, max_model_len=context)
     pool = reward.RewardPool(cfg.reward_workers, cfg.reward_timeout)
     results = {"model": cfg.model, "config": dataclasses.asdict(cfg), "benchmarks": {}}
     try:

@@ -64,7 +64,7 @@ import evaluate
 import reward
 from common import (ConfigError, HealthError, check_model_path, command_line, compute_dtype, init_distributed, opt,
                     reduce_sums, request_seed)
-from rollout import Engine
+from rollout import Engine, check_context, make_engine
 
 
 KL_CHOICES = ["reverse-k2", "reverse-exact", "forward-k3", "forward-exact"]  # `kl_term` has the formulas
@@ -722,15 +722,6 @@ def check_config(cfg: Config, world: int) -> None:
         raise ConfigError(f"--kl-cov-ratio {cfg.kl_cov_ratio}: a fraction of tokens, in [0, 1) (0 = off)")
 
 
-def make_engine(cfg: Config, world: int) -> Engine:
-    """The vLLM engine for --model with this config's dtype, context and memory settings (one per rank)."""
-    return Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
-                  max_model_len=cfg.max_model_len, seed=cfg.seed,
-                  gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                  kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=cfg.sleep_level > 0,
-                  distributed=world > 1, log_level=cfg.vllm_log_level)
-
-
 def save_checkpoint(out_dir: Path, step: int, policy: Policy, optimizer, model: str, rank: int) -> Path:
     """Write checkpoints/step-N/ and then, last and atomically, the `latest` pointer to it.
 
@@ -861,10 +852,9 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     longest = max(len(p.prompt_ids) for p in prompts + (eval_prompts or []))
-    if longest + cfg.max_new_tokens > cfg.max_model_len:
-        raise ConfigError(f"the longest prompt ({longest} tokens) + --max-new-tokens {cfg.max_new_tokens} exceeds "
-                          f"--max-model-len {cfg.max_model_len}: raise --max-model-len or lower --max-new-tokens")
-    engine = engine or make_engine(cfg, world)  # first: on GPU it checks free memory before optimizer state exists
+    check_context(longest, cfg.max_new_tokens, cfg.max_model_len)
+    # The engine first: on GPU it checks free memory before the optimizer state exists.
+    engine = engine or make_engine(cfg, world, sleep_mode=cfg.sleep_level > 0)
     mem_rows = {"vllm engine": memory(device)}
     policy = load_model(cfg, device, world, trainable=True)
     ref = load_model(cfg, device, world, trainable=False) if cfg.kl_coef > 0 else None

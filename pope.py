@@ -46,10 +46,12 @@ import torch.distributed as dist
 from transformers import AutoTokenizer
 
 import data
+import evaluate
 import grpo
 import reward
-from common import MINING, PREFIX, ConfigError, check_model_path, command_line, init_distributed, opt, preset, stage_seed
+from common import MINING, PREFIX, ConfigError, check_model_path, command_line, init_distributed, opt, preset
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
+from rollout import check_context, make_engine
 
 
 POPE = "POPE authors' PipelineRL config, docs/algorithms.md §2.8"
@@ -95,10 +97,11 @@ class PopeConfig(grpo.Config):
 
 # ----------------------------------------------------------------------------------------------------------------
 # The hard set and the minimal sufficient guiding prefixes (docs/algorithms.md §2.3, §2.4).
-# Both sample from the base model through any engine with `generate(prompt_ids, n, temperature, max_tokens, seeds)`
-# (rollout.Engine), score with `reward_fn(text, prompt) -> float`, and append one JSON line per finished problem to
-# a cache: a rerun (or `--resume`) skips what is there. Under torchrun each rank takes problems[rank::world] and
-# writes its own file; every rank then reads all of them.
+# Both sample from the base model with `evaluate.sample` (which seeds the requests) through any engine with
+# rollout.Engine's `generate(prompt_ids, n, temperature, max_tokens, seeds, top_p, top_k)`, score with
+# `reward_fn(text, prompt) -> float`, and append one JSON line per finished problem to a cache: a rerun (or
+# `--resume`) skips what is there. Under torchrun each rank takes problems[rank::world] and writes its own file;
+# every rank then reads all of them.
 
 
 def _read_cache(cache: Path) -> dict[str, dict]:
@@ -116,12 +119,8 @@ def _read_cache(cache: Path) -> dict[str, dict]:
     return done
 
 
-def _sample_correct(engine, prompts: list[data.Prompt], indices: list[int], reward_fn, k: int, temperature: float,
-                    max_tokens: int, seed: int, stage: int, round_index: int) -> list[tuple[int, int]]:
-    """(correct answers, sampled tokens) among k samples of each prompt; prompt j is problem indices[j] of the
-    stage's input list, seeded common.stage_seed(seed, stage, round_index, indices[j])."""
-    groups = engine.generate([p.prompt_ids for p in prompts], n=k, temperature=temperature, max_tokens=max_tokens,
-                             seeds=[stage_seed(seed, stage, round_index, i) for i in indices])
+def _correct_and_tokens(prompts: list[data.Prompt], groups, reward_fn) -> list[tuple[int, int]]:
+    """(correct answers, sampled tokens) of each prompt's samples (`evaluate.sample`'s groups, in order)."""
     return [(sum(reward_fn(s.text, p) > 0 for s in group), sum(len(s.completion_ids) for s in group))
             for p, group in zip(prompts, groups)]
 
@@ -143,8 +142,8 @@ def mine_hard(engine, tokenizer, problems: list[data.Problem], reward_fn, cache:
         for start in range(0, len(todo), batch_size):
             indices, batch = zip(*todo[start:start + batch_size])
             prompts = [data.make_prompt(tokenizer, p, system_prompt) for p in batch]
-            for p, (c, tokens) in zip(batch, _sample_correct(engine, prompts, indices, reward_fn, k, temperature,
-                                                             max_tokens, seed, MINING, 0)):
+            groups = evaluate.sample(engine, prompts, k, temperature, max_tokens, seed, MINING, 0, ids=indices)
+            for p, (c, tokens) in zip(batch, _correct_and_tokens(prompts, groups, reward_fn)):
                 out.write(json.dumps({"id": p.id, "correct": c, "k": k, "tokens": tokens}) + "\n")
             out.flush()
     if dist.is_initialized():  # every rank's cache file is complete before anyone reads them
@@ -197,9 +196,9 @@ def find_prefixes(engine, tokenizer, problems: list[data.Problem], reward_fn, ca
         for j in range(n_candidates):
             live = [(i, p, cands[j]) for i, p, cands in todo.values() if j < len(cands)]
             prompts = [data.make_guided_prompt(tokenizer, p, prefix, template, system_prompt) for _, p, prefix in live]
-            correct = _sample_correct(engine, prompts, [i for i, _, _ in live], reward_fn, k, temperature, max_tokens,
-                                      seed, PREFIX, j) if live else []
-            for (_, p, prefix), (c, tokens) in zip(live, correct):
+            groups = evaluate.sample(engine, prompts, k, temperature, max_tokens, seed, PREFIX, j,
+                                     ids=[i for i, _, _ in live]) if live else []
+            for (_, p, prefix), (c, tokens) in zip(live, _correct_and_tokens(prompts, groups, reward_fn)):
                 spent[p.id] += tokens
                 last = j == len(todo[p.id][2]) - 1
                 if c > 0 or last:
@@ -242,13 +241,9 @@ def engine_context(cfg: PopeConfig, tokenizer, problems: list[data.Problem]) -> 
                         for c in [candidate_prefixes(p.solution, cfg.prefix_max_fraction, cfg.prefix_candidates)] if c]
     guided = max((len(data.make_guided_prompt(tokenizer, p, prefix, cfg.guided_template, cfg.system_prompt).prompt_ids)
                   for p, prefix in longest_prefixes), default=0)
-    for prompt, budget, flag, what in [(unguided, cfg.max_new_tokens, "--max-new-tokens", "unguided"),
-                                       (guided, cfg.max_new_tokens, "--max-new-tokens", "guided"),
-                                       (guided, cfg.prefix_max_tokens, "--prefix-max-tokens", "guided")]:
-        if prompt + budget > cfg.max_model_len:
-            raise ConfigError(f"the longest {what} prompt ({prompt} tokens) + {flag} {budget} = {prompt + budget} "
-                              f"tokens exceeds --max-model-len {cfg.max_model_len}: raise --max-model-len or lower "
-                              f"{flag}" + (" or --prefix-max-fraction" if what == "guided" else ""))
+    check_context(unguided, cfg.max_new_tokens, cfg.max_model_len, "unguided prompt")
+    for budget, flag in [(cfg.max_new_tokens, "--max-new-tokens"), (cfg.prefix_max_tokens, "--prefix-max-tokens")]:
+        check_context(guided, budget, cfg.max_model_len, "guided prompt", flag, " or --prefix-max-fraction")
     return max(cfg.max_model_len, unguided + cfg.mine_max_tokens) if cfg.mine else cfg.max_model_len
 
 
@@ -263,7 +258,7 @@ def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[di
         raise ConfigError(f"the engine's context {engine.max_model_len} is shorter than the {context} tokens mining "
                           "needs (the longest prompt + --mine-max-tokens)")
     # The base model samples for the offline stages, then trains; its context fits mining's budget too.
-    engine = engine or grpo.make_engine(dataclasses.replace(cfg, max_model_len=context), world)
+    engine = engine or make_engine(cfg, world, max_model_len=context, sleep_mode=cfg.sleep_level > 0)
 
     hard = problems
     if cfg.mine:

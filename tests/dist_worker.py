@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpo  # noqa: E402
 from common import init_distributed  # noqa: E402
+from rollout import make_engine  # noqa: E402
 from test_grpo_loop import char_fraction_z, tiny_config, tiny_prompts  # noqa: E402
 
 if __name__ == "__main__":
@@ -23,7 +24,7 @@ if __name__ == "__main__":
     overrides = {"steps": 2, **json.loads(sys.argv[3] if len(sys.argv) > 3 else "{}")}
     rank, world, _ = init_distributed()
     cfg = tiny_config(model, out_dir, **overrides)
-    engine = grpo.make_engine(cfg, world)
+    engine = make_engine(cfg, world, sleep_mode=cfg.sleep_level > 0)
     prompts = tiny_prompts(model)
     seen = Path(out_dir, f"prompts-rank{rank}.txt")  # the prompt of every reward call, in order: each rank's share
 

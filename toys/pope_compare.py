@@ -45,7 +45,7 @@ import pope_world  # noqa: E402
 import reward  # noqa: E402
 import tiny  # noqa: E402
 from common import ConfigError, command_line, opt  # noqa: E402
-from rollout import Engine  # noqa: E402
+from rollout import Engine, make_engine  # noqa: E402
 
 ARMS = ("grpo", "grpo-entropy", "grpo-clip-higher", "grpo-klcov", "grpo-mix", "sft-grpo", "pope")
 
@@ -213,7 +213,7 @@ def run(cfg: ToyConfig) -> dict:
     arms = check(cfg)
     seeds = [int(s) for s in cfg.seeds.split(",")]
     tok = AutoTokenizer.from_pretrained(cfg.base_model)
-    engine = grpo.make_engine(arm_config(cfg, cfg.base_model, "grpo", seeds[0], cfg.group_size), 1)
+    engine = make_engine(arm_config(cfg, cfg.base_model, "grpo", seeds[0], cfg.group_size), 1)
     t0 = time.time()
     per_seed = {seed: run_seed(cfg, arms, engine, tok, seed) for seed in seeds}
     summary = {"seeds": per_seed, "table": table(per_seed)}

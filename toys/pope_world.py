@@ -337,8 +337,8 @@ def measure(model_dir: str, n: int = 32, ks: tuple[int, ...] = (8, 32), n_easy: 
               + f"  solved {row['solved']}  ({time.time() - t0:.0f}s)", flush=True)
 
     def per_line(name: str, problems: list[data.Problem], n_lines: int = 4) -> None:
-        groups = engine.generate([data.make_prompt(tok, p).prompt_ids for p in problems], n=n_lines,
-                                 temperature=temperature, max_tokens=max_tokens, seeds=list(range(len(problems))))
+        groups = evaluate.sample(engine, [data.make_prompt(tok, p) for p in problems], n_lines, temperature,
+                                 max_tokens, seed=seed, stage=BENCHMARK, round_index=0)
         right, checked = map(sum, zip(*(line_accuracy(s.text, p) for p, g in zip(problems, groups) for s in g)))
         rows[name] = right / checked
         print(f"{name:28s} {right / checked:.3f} ({checked} lines)", flush=True)

@@ -82,7 +82,8 @@ import grpo  # noqa: E402
 import pope_world  # noqa: E402
 import rapo  # noqa: E402
 import tiny  # noqa: E402
-from common import ConfigError, command_line, opt, request_seed  # noqa: E402
+from common import BENCHMARK, ConfigError, command_line, opt  # noqa: E402
+from rollout import make_engine  # noqa: E402
 
 RARE = 0.15  # the warm-start data's share of `careful` answers (the base model then writes 13%)
 DIRECT_SLIP = 0.1  # a direct answer's chance of a wrong digit
@@ -220,9 +221,11 @@ def pass_curve(scores: np.ndarray) -> dict[str, float]:
 
 def measure(engine, prompts: list[data.Prompt], cfg: RapoToyConfig, seed: int) -> dict:
     """pass@k on the held-out prompts from the engine's current weights (all, wrapping problems, the others), and
-    the share of answers that take the rare way (`careful`: they start with "d:")."""
-    groups = engine.generate([p.prompt_ids for p in prompts], n=cfg.eval_samples, temperature=1.0,
-                             max_tokens=cfg.max_new_tokens, seeds=[request_seed(seed, i) for i in range(len(prompts))])
+    the share of answers that take the rare way (`careful`: they start with "d:"). Sampled by evaluate.sample in
+    stage BENCHMARK, round 0, like evaluate.py's benchmarks: the held-out set is one, measured with the same
+    seeds for the base model and every arm (EVAL's round is the training step)."""
+    groups = evaluate.sample(engine, prompts, cfg.eval_samples, 1.0, cfg.max_new_tokens, seed=seed, stage=BENCHMARK,
+                             round_index=0)
     scores = np.array([[pope_world.toy_reward(s.text, p) for s in g] for g, p in zip(groups, prompts)])  # [P, n]
     rare = np.array([[s.text.startswith("d:") for s in g] for g in groups])  # [P, n]
     wrap = np.array([is_wrap(p.problem) for p in prompts])  # [P]
@@ -298,7 +301,7 @@ def run(cfg: RapoToyConfig) -> dict:
     base_dir = cfg.base_model or build_base_model(str(Path(cfg.out_dir) / "base-model"))
     print(f"rapo toy: base model ready in {time.time() - t0:.0f} s", flush=True)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    engine = grpo.make_engine(grpo.Config(model=base_dir, max_model_len=256), 1)
+    engine = make_engine(grpo.Config(model=base_dir, max_model_len=256), 1)
     seeds = [int(s) for s in cfg.seeds.split(",")]
     per_seed = {seed: run_seed(cfg, arms, base_dir, engine, tok, seed) for seed in seeds}
     ks = reported_ks(cfg.eval_samples)
