@@ -16,8 +16,9 @@ import pytest  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a test of minutes (the toy worlds' claims, bf16 on 2 ranks); the "
-                                       "development loop skips them with -m 'not slow', CI runs everything")
+    config.addinivalue_line("markers", "slow: a test of half a minute or more (the toy worlds' claims and decoding "
+                                       "sweep, bf16 on 2 ranks, the SIGKILL resume); the development loop skips "
+                                       "them with -m 'not slow', CI runs everything")
 
 
 @pytest.fixture(scope="session")

@@ -149,6 +149,7 @@ def cli(out_dir, *extra) -> list[str]:
             "--save-every", "1", *extra[2:]]
 
 
+@pytest.mark.slow  # ~45 s: three runs of the trainer, one killed
 def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_model, tmp_path):
     data_file = tmp_path / "train.jsonl"
     data_file.write_text("".join(json.dumps({"problem": f"What is {i}+1?", "answer": str(i + 1)}) + "\n"

@@ -175,6 +175,7 @@ def test_shipped_base_model_matches_the_build_recipe(tmp_path) -> None:
     assert len(load_file(shipped / "model.safetensors")) == len(load_file(fresh / "model.safetensors"))
 
 
+@pytest.mark.slow  # ~35 s: the base model's decoding sweep
 def test_hard_problems_are_hard_at_every_temperature() -> None:
     """The toy's premise: the shipped base model's error on a wrapping line is its most likely token, so lowering the
     temperature makes hard problems harder, not easier. Greedy solves at most 1 of 16 fresh hard problems (drawn with
