@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import field
@@ -135,6 +136,40 @@ def check_model_path(model: str) -> None:
                           "one: log in with `hf auth login`); check the id or pass a local folder") from None
     except EntryNotFoundError:
         raise ConfigError(f"--model {model}: the Hub repo has no config.json (not a Hugging Face model)") from None
+
+
+GPU_SIZED = 100e6  # parameters: above this a model is not one to train or sample on CPU [this project's]
+
+
+def check_device(model: str, allow_cpu: bool) -> None:
+    """Refuse, in one line, to start a GPU-sized job (a model of more than GPU_SIZED parameters, counted on the meta
+    device from its config) where torch sees no CUDA device (a driver too old for torch's CUDA, a CPU-only torch,
+    CUDA_VISIBLE_DEVICES empty), unless `allow_cpu` (--allow-cpu): on CPU such a run would take weeks."""
+    if allow_cpu or torch.cuda.is_available():
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM  # here: only this check needs them in common
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())
+    if n > GPU_SIZED:
+        raise ConfigError(f"--model {model} has {n / 1e9:.2f} B parameters, but torch {torch.__version__} sees no "
+                          f"CUDA device (built for CUDA {torch.version.cuda or 'none: a CPU-only build'}; the pinned "
+                          "torch and vLLM need a CUDA 13 driver, R580 or newer; check nvidia-smi and "
+                          "CUDA_VISIBLE_DEVICES); pass --allow-cpu to run on CPU anyway")
+
+
+def versions() -> str:
+    """One line of what this job runs on: torch and its CUDA, the NVIDIA driver, the GPUs, vLLM and its model
+    runner (rollout.py pins V1)."""
+    import vllm  # here: evaluate and the trainer import it anyway; the CPU half of a check may not
+
+    proc = Path("/proc/driver/nvidia/version")  # "NVRM version: NVIDIA UNIX ... Kernel Module  580.65.06  ..."
+    driver = re.search(r"\s(\d{3}\.\d+(?:\.\d+)?)\s", proc.read_text()) if proc.is_file() else None
+    gpus = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else
+            "no CUDA device")
+    runner = "V2" if os.environ.get("VLLM_USE_V2_MODEL_RUNNER") == "1" else "V1"
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), NVIDIA driver "
+            f"{driver[1] if driver else 'none'}, {gpus}, vLLM {vllm.__version__} (model runner {runner})")
 
 
 def compute_dtype(name: str) -> torch.dtype:

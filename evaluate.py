@@ -63,8 +63,8 @@ from transformers import AutoTokenizer
 
 import data
 import reward
-from common import (BENCHMARK, EVAL, ConfigError, check_model_path, init_distributed, one_line_errors, opt,
-                    parse_config, reduce_sums, stage_seed)
+from common import (BENCHMARK, EVAL, ConfigError, check_device, check_model_path, init_distributed, one_line_errors,
+                    opt, parse_config, reduce_sums, stage_seed)
 from rollout import Engine, Sample, check_context, make_engine
 
 
@@ -91,6 +91,8 @@ class EvalConfig:
     samples_per_call: int = opt(4096, "samples per vLLM generate call (whole problems, at least one): bounds host "
                                 "memory at large n, while keeping the engine's batch full")
     seed: int = opt(0, "seeds every problem's samples (see the module docstring)")
+    allow_cpu: bool = opt(False, "start even when a model of more than 100 M parameters finds no CUDA device "
+                          "(by default that stops at once, naming what torch sees) [this project's]")
     dtype: str = opt("auto", "vLLM dtype: auto = bfloat16 on GPU, float32 on CPU",
                      choices=["auto", "bfloat16", "float32"])
     vllm_gpu_memory_utilization: float = opt(0.9, "fraction of GPU memory the vLLM engine takes (vLLM's default: "
@@ -252,6 +254,7 @@ def evaluate(cfg: EvalConfig, engine: Engine | None = None, reward_fn=reward.pro
     """
     ks = check_config(cfg)
     check_model_path(cfg.model)
+    check_device(cfg.model, cfg.allow_cpu)
     names = list(dict.fromkeys(b.strip() for b in cfg.benchmarks.split(",") if b.strip()))
     if not names:
         raise ConfigError("--benchmarks is empty: name at least one (e.g. aime-2025)")

@@ -62,8 +62,8 @@ from transformers.utils import logging as transformers_logging
 import data
 import evaluate
 import reward
-from common import (ConfigError, HealthError, check_model_path, command_line, compute_dtype, init_distributed, opt,
-                    reduce_sums, request_seed)
+from common import (ConfigError, HealthError, check_device, check_model_path, command_line, compute_dtype,
+                    init_distributed, opt, reduce_sums, request_seed, versions)
 from rollout import Engine, check_context, make_engine
 
 
@@ -142,6 +142,9 @@ class Config:
                              "bench/bench_logprobs.py: 512 of 2048 tokens uses ~15x less than whole logits)")
     grad_checkpointing: bool = opt(False, "recompute decoder layers in backward (long responses on GPU)")
     # system
+    allow_cpu: bool = opt(False, "start even when a model of more than 100 M parameters finds no CUDA device (by "
+                          "default that stops at once, naming what torch sees: a 4B run on CPU would take weeks) "
+                          "[this project's]")
     dtype: str = opt("auto", "compute dtype of vLLM and the trainer: auto = bfloat16 on GPU, float32 on CPU; "
                      "master weights and optimizer state are always float32", choices=["auto", "bfloat16", "float32"])
     seed: int = opt(0, "seeds data order, vLLM sampling (per step and prompt) and torch")
@@ -722,11 +725,12 @@ def check_config(cfg: Config, world: int) -> None:
         raise ConfigError(f"--kl-cov-ratio {cfg.kl_cov_ratio}: a fraction of tokens, in [0, 1) (0 = off)")
 
 
-def save_checkpoint(out_dir: Path, step: int, policy: Policy, optimizer, model: str, rank: int) -> Path:
+def save_checkpoint(out_dir: Path, step: int, policy: Policy, optimizer, model: str, rank: int,
+                    dtype: torch.dtype = torch.float32) -> Path:
     """Write checkpoints/step-N/ and then, last and atomically, the `latest` pointer to it.
 
-    step-N/hf     the model in Hugging Face format (loadable by `vllm serve` and `from_pretrained`) with --model's
-                  tokenizer, from rank 0
+    step-N/hf     the model in Hugging Face format (loadable by `vllm serve` and `from_pretrained`) in `dtype`, the
+                  compute dtype (bf16 on GPU: 8 GB for a 4B model, not fp32's 16), with --model's tokenizer, from rank 0
     step-N/train  model + optimizer state in torch.distributed.checkpoint format (sharded: each rank writes its own)
     step-N/rng-rank{r}.pt, step-N/state.json
     A process killed mid-write leaves a partial step-N/ that `latest` does not name: the previous checkpoint stays
@@ -741,7 +745,11 @@ def save_checkpoint(out_dir: Path, step: int, policy: Policy, optimizer, model: 
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                path / f"rng-rank{rank}.pt")
     if rank == 0:
-        policy.lm.save_pretrained(path / "hf", state_dict={k.removeprefix("lm."): v for k, v in full.items()})
+        weights = {k.removeprefix("lm."): v.to(dtype) if v.is_floating_point() else v for k, v in full.items()}
+        policy.lm.save_pretrained(path / "hf", state_dict=weights)
+        config = json.loads((path / "hf" / "config.json").read_text())  # it names the trainer's fp32, not `dtype`
+        (path / "hf" / "config.json").write_text(json.dumps({**config, "dtype": str(dtype).removeprefix("torch.")},
+                                                            indent=2))
         AutoTokenizer.from_pretrained(model).save_pretrained(path / "hf")
         (path / "state.json").write_text(json.dumps({"step": step}))
     if dist.is_initialized():
@@ -847,6 +855,8 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
     """
     rank, world, device = init_distributed(cfg.dist_timeout_minutes)
     check_config(cfg, world)
+    if rank == 0:
+        tqdm.write(f"{versions()}; {world} rank(s)")
     transformers_logging.disable_progress_bar()  # its load/save bars would break the step's progress bar
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
@@ -916,7 +926,7 @@ def train(cfg: Config, prompts: list[data.Prompt], reward_fn=reward.prompt_rewar
         check_health(metrics, cfg)  # after its log line; the numbers are reduced, so every rank stops together
         # 5. Checkpoint after the step's log line, so every checkpointed step has its metrics on disk.
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step == cfg.steps - 1:
-            path = save_checkpoint(out_dir, step, policy, optimizer, cfg.model, rank)
+            path = save_checkpoint(out_dir, step, policy, optimizer, cfg.model, rank, compute_dtype(cfg.dtype))
             if rank == 0:
                 tqdm.write(f"checkpoint: {path} (HF model in {path / 'hf'})")
     pool.close()
@@ -929,6 +939,7 @@ def run(cfg: Config, ref_sharpness=None) -> list[dict]:
     """The command-line job: check --model, load --data, render prompts, train with the math reward (and the KL
     reference's `ref_sharpness`, see `train`)."""
     check_model_path(cfg.model)
+    check_device(cfg.model, cfg.allow_cpu)
     if not cfg.data:
         raise ConfigError("--data is required: a JSONL/parquet file with 'problem' and 'answer', or a name in "
                           f"data.DATASETS ({', '.join(data.DATASETS)})")

@@ -49,7 +49,8 @@ import data
 import evaluate
 import grpo
 import reward
-from common import MINING, PREFIX, ConfigError, check_model_path, command_line, init_distributed, opt, preset
+from common import (MINING, PREFIX, ConfigError, check_device, check_model_path, command_line, init_distributed, opt,
+                    preset)
 from data import GUIDED_TEMPLATES  # by name: the `data` field shadows the module inside PopeConfig
 from rollout import check_context, make_engine
 
@@ -69,13 +70,17 @@ POPE = "POPE authors' PipelineRL config, docs/algorithms.md §2.8"
     "loss_agg": ("sum", POPE), "entropy_coef": (1e-4, POPE),
     "grad_checkpointing": (True, "this project's: 16k-token responses"),
     "micro_batch_size": (2, "this project's: 2 x 20k tokens of activations"),
-    "eval_every": (10, "this project's"), "eval_k": (8, "POPE blog, Figure 2: pass@8"),
+    "eval_every": (10, "this project's"),
+    "save_every": (10, "this project's: a 4B model's checkpoint is ~56 GB (DCP fp32 weights + AdamW 48 GB, bf16 HF "
+                       "export 8 GB; arithmetic), about a minute to write every ~10 steps of up to ~8 minutes"), "eval_k": (8, "POPE blog, Figure 2: pass@8"),
     "eval_top_p": (0.95, "POPE's eval sampler, as evaluate.py"), "eval_top_k": (50, "POPE's eval sampler"),
 })
 @dataclass
 class PopeConfig(grpo.Config):
     data_limit: int = opt(0, "use only the first N problems (0 = all)")
-    eval_limit: int = opt(256, "hard problems in the solvability eval (0 = all)")
+    eval_limit: int = opt(64, "hard problems in the solvability eval: 64 x --eval-k 8 = 512 samples, 2x a training "
+                          "step's 256 rollouts, every --eval-every 10 steps (+20% rollout time, arithmetic); 0 = the "
+                          "whole hard set [this project's]")
     # POPE's own
     mine: bool = opt(False, "first keep only the problems with 0 correct in --mine-k base-model samples")
     mine_k: int = opt(128, "samples per problem for the hardness filter (POPE: 128)")
@@ -250,6 +255,7 @@ def engine_context(cfg: PopeConfig, tokenizer, problems: list[data.Problem]) -> 
 def run(cfg: PopeConfig, reward_fn=reward.prompt_reward, engine=None) -> list[dict]:
     """Hard set -> minimal prefixes -> guided + unguided training set -> GRPO."""
     check_model_path(cfg.model)
+    check_device(cfg.model, cfg.allow_cpu)
     rank, world, _ = init_distributed(cfg.dist_timeout_minutes)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     problems = data.load_problems(cfg.data, limit=cfg.data_limit or None, bad_gold=cfg.bad_gold)

@@ -33,9 +33,11 @@ from dataclasses import dataclass
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a step prints the bar, rollouts and metrics; see Engine
-# The V1 model runner: the one the CPU build runs, so the one every test here exercises (weight reload, processed
-# logprobs, seeded sampling). The GPU build (0.33) would pick Model Runner V2 when triton is installed, whose sampling
-# differs, so CPU-measured seed reproducibility would not carry over. VLLM_USE_V2_MODEL_RUNNER=1 tries V2.
+# The V1 model runner: the one the CPU build runs, so the code path every test here exercises (weight reload into
+# the runner's model, processed logprobs, the prefix-cache reset). The GPU build (0.33) would pick Model Runner V2
+# when triton is installed. Not a reproducibility claim: the CPU and GPU builds sample with different kernels, so a
+# seed gives other tokens on a GPU than on CPU whichever runner; only a GPU run checks the GPU path (a node check).
+# VLLM_USE_V2_MODEL_RUNNER=1 tries V2.
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 import logging

@@ -48,12 +48,18 @@ def test_two_ranks_train_like_one_process_and_serve_the_same_weights(tiny_model,
 
     # Each step, the ranks' shares of its prompts are disjoint and together are the step's prompts (the reward above
     # ignores the prompt, so every rank training on rank 0's share would pass everything else).
-    cfg = tiny_config(tiny_model, dist_dir, steps=2)
+    check_prompt_shares(tiny_model, dist_dir)
+
+
+def check_prompt_shares(model: str, out_dir: Path) -> None:
+    """Each step of a 2-rank dist_worker run, the ranks' prompts (prompts-rank{r}.txt) are disjoint and together are
+    the step's prompts."""
+    cfg = tiny_config(model, out_dir, steps=2)
     per_rank_calls = cfg.prompts_per_step // 2 * cfg.group_size
-    shares = [(dist_dir / f"prompts-rank{r}.txt").read_text().split() for r in (0, 1)]
+    shares = [(out_dir / f"prompts-rank{r}.txt").read_text().split() for r in (0, 1)]
     for step in range(cfg.steps):
         a, b = ({*ids[step * per_rank_calls:(step + 1) * per_rank_calls]} for ids in shares)
-        expected = {p.problem.id for p in grpo.prompts_for_step(tiny_prompts(tiny_model), step, cfg.prompts_per_step,
+        expected = {p.problem.id for p in grpo.prompts_for_step(tiny_prompts(model), step, cfg.prompts_per_step,
                                                                  cfg.seed)}
         assert not a & b and a | b == expected, (step, a, b, expected)
 
@@ -211,3 +217,38 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tiny_model, 
     assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
     reloaded = AutoModelForCausalLM.from_pretrained(good / "hf")
     assert all(torch.equal(saved["lm." + k], v) for k, v in reloaded.state_dict().items())
+
+
+def test_the_hf_export_is_written_in_the_compute_dtype(tiny_model, tmp_path):
+    """bf16 training exports bf16 weights (half of fp32's bytes: what vLLM and HF consumers load) and a config.json
+    that says so; the DCP train state stays fp32 (exact resume)."""
+    policy = grpo.Policy(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32))
+    path = grpo.save_checkpoint(tmp_path, 0, policy, torch.optim.AdamW(policy.parameters()), tiny_model, rank=0,
+                                dtype=torch.bfloat16)
+    exported = AutoModelForCausalLM.from_pretrained(path / "hf", dtype="auto")
+    assert exported.dtype == torch.bfloat16 and json.loads((path / "hf" / "config.json").read_text())["dtype"] == \
+        "bfloat16"
+    for name, p in policy.lm.named_parameters():
+        torch.testing.assert_close(exported.get_parameter(name), p.detach().to(torch.bfloat16), rtol=0, atol=0)
+
+
+@pytest.mark.slow  # ~1 min: two trainer processes with an engine each
+def test_two_nodes_on_localhost_train_and_serve_the_same_weights(tiny_model, tmp_path):
+    """torchrun's multi-node launch, as two torchrun processes on this machine (--nnodes 2, one rank each, node ranks
+    0 and 1): LOCAL_RANK is 0 on both, RANK 0 and 1. The same trainer path as on one node must work: both engines
+    serve the trained weights, and each step the ranks' prompt shares are disjoint and complete."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                               str(ROOT / "tests" / "dist_worker.py"), tiny_model, str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT / "tests")
+             for node in (0, 1)]
+    results = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in results]
+    assert json.loads((tmp_path / "rank0.json").read_text()) == json.loads((tmp_path / "rank1.json").read_text())
+    assert served_gap(tmp_path) < 1e-4
+    check_prompt_shares(tiny_model, tmp_path)

@@ -298,3 +298,21 @@ def test_a_drifting_reweighted_reference_stops_the_run(tiny_model, engine, tmp_p
                    ref_sharpness=rapo.phi_rule(0.5))
     logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert logged["reweighted_frac"] == 1.0 and logged["ref_hat_entropy_gain"] > 1e-6 and logged["ref_hat_tail"] >= 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for a machine without a CUDA device")
+@pytest.mark.parametrize("script", ["grpo", "pope", "evaluate"])
+def test_a_gpu_sized_model_without_a_gpu_stops_in_one_line(tmp_path, capsys, script):
+    """A 0.2 B-parameter config (no weights: the check counts parameters on the meta device) on this CPU machine: the
+    run stops before loading anything, naming what torch sees and --allow-cpu."""
+    from transformers import Qwen3Config
+
+    Qwen3Config(vocab_size=151_936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=4, head_dim=128).save_pretrained(tmp_path / "big")
+    module = __import__(script)
+    argv = ["--model", str(tmp_path / "big"), "--data" if script != "evaluate" else "--benchmarks", "aime-2025"]
+    with pytest.raises(SystemExit) as stop:
+        module.main(argv)
+    message = str(stop.value.code)
+    assert message.startswith("error: --model") and "sees no CUDA device" in message and "--allow-cpu" in message
+    assert "\n" not in message
