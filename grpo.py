@@ -137,7 +137,12 @@ class Config:
     weight_decay: float = opt(0.0, "AdamW weight decay (POPE config: 0.01)")
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (POPE config: 0.3)")
     minibatches: int = opt(1, "optimizer steps per rollout batch; > 1 makes the PPO ratio and clip active")
-    micro_batch_size: int = opt(8, "sequences per forward/backward pass on each rank")
+    micro_batch_size: int = opt(8, "sequences per forward/backward pass on each rank (at most)")
+    micro_batch_tokens: int = opt(0, "with > 0, micro-batches by a token budget: each minibatch's sequences sorted by "
+                                  "length, longest first, packed while (sequences x the longest) <= this many padded "
+                                  "tokens and <= --micro-batch-size sequences, so short sequences share a pass "
+                                  "instead of padding to a long one (the loss is the same: bench/bench_padding.py); "
+                                  "0 = consecutive groups of --micro-batch-size [this project's]")
     logprob_chunk: int = opt(512, "completion positions per chunk of logits (peak memory ~ chunk x vocab; "
                              "bench/bench_logprobs.py: 512 of 2048 tokens uses ~15x less than whole logits)")
     grad_checkpointing: bool = opt(False, "recompute decoder layers in backward (long responses on GPU)")
@@ -456,6 +461,26 @@ class Rollouts:
         return (t[:, None].expand_as(self.loss_mask) if t.dim() == 1 else t)[self.loss_mask]
 
 
+def micro_batches(seq_lens: np.ndarray, max_seqs: int, max_tokens: int = 0) -> list[np.ndarray]:
+    """Which sequences share each forward/backward pass, from their lengths [m] (prompt + completion). max_tokens 0:
+    consecutive groups of max_seqs. Otherwise longest first, each pass at most max_seqs sequences and at most
+    max_tokens padded tokens (its sequences x its longest; a sequence longer than that goes alone). The loss does
+    not depend on the grouping: `token_weights` count the whole optimizer step.
+
+    >>> micro_batches(np.array([5, 100, 20, 90, 10]), max_seqs=4, max_tokens=200)
+    [array([1, 3]), array([2, 4, 0])]
+    """
+    if max_tokens <= 0:
+        return [np.arange(s, min(s + max_seqs, len(seq_lens))) for s in range(0, len(seq_lens), max_seqs)]
+    batches, current = [], []
+    for i in np.argsort(-seq_lens, kind="stable"):  # longest first: a pass's first sequence is its longest
+        if current and (len(current) == max_seqs or (len(current) + 1) * seq_lens[current[0]] > max_tokens):
+            batches.append(np.array(current))
+            current = []
+        current.append(i)
+    return batches + [np.array(current)] if current else batches
+
+
 def rollout_tensors(groups, rewards: torch.Tensor, ref_sharpness: torch.Tensor | None, cfg: Config,
                     device) -> Rollouts:
     """The step's sequences as tensors, with group-relative advantages from the rewards [B, G] (and the sharpness
@@ -601,14 +626,15 @@ def update(policy, ref, optimizer, ro: Rollouts, cfg: Config, device, autocast, 
     if cfg.minibatches > 1:  # pi_old: the trainer's logprobs at the rollout weights, before the first update
         ro.old_logp = torch.zeros(ro.ids.shape, device=device)  # [n, S]
         with torch.no_grad(), timed(timings, "old_logprobs"):
-            for m in range(0, len(ro.adv), cfg.micro_batch_size):
-                mb = ro.rows(slice(m, m + cfg.micro_batch_size))
-                ro.old_logp[m:m + cfg.micro_batch_size, :mb.ids.shape[1]][mb.loss_mask] = micro_batch_stats(
-                    policy, None, mb, cfg, autocast)["logp"].float()
+            for idx in micro_batches(ro.seq_lens.numpy(), cfg.micro_batch_size, cfg.micro_batch_tokens):
+                mb = ro.rows(idx)
+                block = ro.old_logp[idx, :mb.ids.shape[1]]  # [b, S_mb] a copy (indexed by a list of rows)
+                block[mb.loss_mask] = micro_batch_stats(policy, None, mb, cfg, autocast)["logp"].float()
+                ro.old_logp[idx, :mb.ids.shape[1]] = block
     for minibatch in np.array_split(np.arange(len(ro.adv)), cfg.minibatches):
         totals = reduce_sums({"seqs": len(minibatch), "tokens": int(ro.completion_lens[minibatch].sum())}, device)
-        for m in range(0, len(minibatch), cfg.micro_batch_size):
-            mb = ro.rows(minibatch[m:m + cfg.micro_batch_size])
+        for part in micro_batches(ro.seq_lens[minibatch].numpy(), cfg.micro_batch_size, cfg.micro_batch_tokens):
+            mb = ro.rows(minibatch[part])
             with timed(timings, "logprobs"):
                 stats = micro_batch_stats(policy, ref, mb, cfg, autocast)
                 old = stats["logp"].detach() if mb.old_logp is None else mb.per_token(mb.old_logp)  # [N] pi_old

@@ -69,7 +69,10 @@ POPE = "POPE authors' PipelineRL config, docs/algorithms.md §2.8"
     "weight_decay": (0.01, POPE), "max_grad_norm": (0.3, POPE), "adv_std_norm": (False, f"{POPE}: r - mean only"),
     "loss_agg": ("sum", POPE), "entropy_coef": (1e-4, POPE),
     "grad_checkpointing": (True, "this project's: 16k-token responses"),
-    "micro_batch_size": (2, "this project's: 2 x 20k tokens of activations"),
+    "micro_batch_size": (8, "this project's: within --micro-batch-tokens"),
+    "micro_batch_tokens": (40_000, "this project's: 2 x 20k padded tokens, the peak of the memory table; on a "
+                                   "long-tailed step 5 passes instead of 16, padding 17% instead of 22%, "
+                                   "bench/bench_padding.py"),
     "eval_every": (10, "this project's"),
     "save_every": (10, "this project's: a 4B model's checkpoint is ~56 GB (DCP fp32 weights + AdamW 48 GB, bf16 HF "
                        "export 8 GB; arithmetic), about a minute to write every ~10 steps of up to ~8 minutes"), "eval_k": (8, "POPE blog, Figure 2: pass@8"),

@@ -106,16 +106,18 @@ class RecordingEngine:
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "sum"])
 def test_a_train_step_does_not_depend_on_the_micro_batch_size(tiny_model, engine, tmp_path, loss_agg):
-    """Same rollouts (same seeds and weights), micro-batches of 1 sequence vs all 32 at once: the same gradient.
-    token_weights must be given the whole step's sequence and token counts, not the micro-batch's."""
-    norms = []
-    for mbs in (1, 32):
-        cfg = tiny_config(tiny_model, tmp_path / f"mbs{mbs}", loss_agg=loss_agg, micro_batch_size=mbs,
-                          entropy_coef=0.01, kl_coef=0.1, max_new_tokens=12)
-        history = grpo.train(cfg, tiny_prompts(tiny_model), scatter_reward, engine=engine)
-        norms.append(history[0]["grad_norm"])
-    assert norms[0] > 1e-3, norms
-    assert norms[0] == pytest.approx(norms[1], rel=1e-5), norms
+    """Same rollouts (same seeds and weights), micro-batches of 1 sequence, of all 32 at once, and by a token budget
+    (length-sorted, several passes of unequal size): the same gradient and loss terms. token_weights must be given
+    the whole step's sequence and token counts, not the micro-batch's."""
+    runs = []
+    for mbs, budget in ((1, 0), (32, 0), (32, 150)):
+        cfg = tiny_config(tiny_model, tmp_path / f"mbs{mbs}-{budget}", loss_agg=loss_agg, micro_batch_size=mbs,
+                          micro_batch_tokens=budget, entropy_coef=0.01, kl_coef=0.1, max_new_tokens=12)
+        runs.append(grpo.train(cfg, tiny_prompts(tiny_model), scatter_reward, engine=engine)[0])
+    assert runs[0]["grad_norm"] > 1e-3, runs
+    for run in runs[1:]:
+        for key in ("grad_norm", "kl", "entropy", "logprob_gap_mean"):
+            assert run[key] == pytest.approx(runs[0][key], rel=1e-5, abs=1e-9), (key, runs)
 
 
 @pytest.mark.parametrize("minibatches", [1, 2])
