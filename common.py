@@ -161,15 +161,19 @@ def check_device(model: str, allow_cpu: bool) -> None:
 def versions() -> str:
     """One line of what this job runs on: torch and its CUDA, the NVIDIA driver, the GPUs, vLLM and its model
     runner (rollout.py pins V1)."""
-    import vllm  # here: evaluate and the trainer import it anyway; the CPU half of a check may not
+    try:
+        import vllm  # here: the trainer half of bench/node_check.py runs where vLLM is not installed
 
+        vllm_version = vllm.__version__
+    except ImportError:
+        vllm_version = "not installed"
     proc = Path("/proc/driver/nvidia/version")  # "NVRM version: NVIDIA UNIX ... Kernel Module  580.65.06  ..."
     driver = re.search(r"\s(\d{3}\.\d+(?:\.\d+)?)\s", proc.read_text()) if proc.is_file() else None
     gpus = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else
             "no CUDA device")
     runner = "V2" if os.environ.get("VLLM_USE_V2_MODEL_RUNNER") == "1" else "V1"
     return (f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), NVIDIA driver "
-            f"{driver[1] if driver else 'none'}, {gpus}, vLLM {vllm.__version__} (model runner {runner})")
+            f"{driver[1] if driver else 'none'}, {gpus}, vLLM {vllm_version} (model runner {runner})")
 
 
 def compute_dtype(name: str) -> torch.dtype:

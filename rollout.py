@@ -45,7 +45,6 @@ import warnings
 
 import torch
 from torch.distributed.tensor import DTensor
-from vllm import LLM, SamplingParams
 
 from common import ConfigError, compute_dtype
 
@@ -112,6 +111,8 @@ class Engine:
             # and a seeded request's generator is rewound, which a CPU generator cannot do ("CPU Generator does not
             # use offset"). Scheduling each prompt whole avoids the rewind.
             kwargs["enable_chunked_prefill"] = False
+        from vllm import LLM  # here, when an engine starts: the trainer half of bench/node_check.py runs without vLLM
+
         self.llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode,
                        enable_prefix_caching=True,  # the n samples of a prompt share its KV
@@ -129,6 +130,8 @@ class Engine:
         rollout reproducible; keep seeds of different requests more than `n` apart. Keep `top_p=1, top_k=0` (off)
         for training rollouts; evaluation may truncate (the POPE authors evaluate with top_p 0.95, top_k 50).
         """
+        from vllm import SamplingParams
+
         check_context(max(map(len, prompts), default=0), max_tokens, self.max_model_len, "prompt of this call")
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                  logprobs=0,  # 0 = the sampled token's own logprob only
