@@ -254,15 +254,16 @@ def test_two_nodes_on_localhost_train_and_serve_the_same_weights(tiny_model, tmp
     check_prompt_shares(tiny_model, tmp_path)
 
 
-@pytest.mark.slow  # ~1 min: a 2-rank run and a 1-process run
-def test_two_ranks_with_a_token_budget_train_like_one_process_without(tiny_model, engine, tmp_path):
+@pytest.mark.slow  # ~1 min each: a 2-rank run and a 1-process run
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "sum"])
+def test_two_ranks_with_a_token_budget_train_like_one_process_without(tiny_model, engine, tmp_path, loss_agg):
     """Length-sorted micro-batches by a token budget on 2 ranks (each rank groups its own share) end in the same
     weights as fixed micro-batches in one process: the loss does not depend on how sequences share a pass. (Within
     2e-4: Adam at lr 1e-2 amplifies float summation order, and in one process micro-batches of 4 instead of 16
     already move the weights by 6e-5; training moves them by more than 1e-3.)"""
-    budget = run_worker(tiny_model, tmp_path / "budget", 2, micro_batch_tokens=150)
-    fixed = grpo.train(tiny_config(tiny_model, tmp_path / "fixed", steps=2), tiny_prompts(tiny_model),
-                       char_fraction_z, engine=engine)
+    budget = run_worker(tiny_model, tmp_path / "budget", 2, micro_batch_tokens=150, loss_agg=loss_agg)
+    fixed = grpo.train(tiny_config(tiny_model, tmp_path / "fixed", steps=2, loss_agg=loss_agg),
+                       tiny_prompts(tiny_model), char_fraction_z, engine=engine)
     assert [m["grad_norm"] for m in budget] == pytest.approx([m["grad_norm"] for m in fixed], rel=1e-5)
     assert budget[0]["grad_norm"] > 1e-3
     a = load_file(grpo.latest_checkpoint(tmp_path / "budget") / "hf" / "model.safetensors")
