@@ -461,14 +461,18 @@ class Rollouts:
         return (t[:, None].expand_as(self.loss_mask) if t.dim() == 1 else t)[self.loss_mask]
 
 
-def micro_batches(seq_lens: np.ndarray, max_seqs: int, max_tokens: int = 0) -> list[np.ndarray]:
+def micro_batches(seq_lens: np.ndarray, max_seqs: int, max_tokens: int = 0, min_passes: int = 0) -> list[np.ndarray]:
     """Which sequences share each forward/backward pass, from their lengths [m] (prompt + completion). max_tokens 0:
     consecutive groups of max_seqs. Otherwise longest first, each pass at most max_seqs sequences and at most
-    max_tokens padded tokens (its sequences x its longest; a sequence longer than that goes alone). The loss does
-    not depend on the grouping: `token_weights` count the whole optimizer step.
+    max_tokens padded tokens (its sequences x its longest; a sequence longer than that goes alone), and at least
+    `min_passes` passes (the largest split in two until there are): under FSDP every rank must run as many forwards
+    as the others, since each gathers the weights with all of them. The loss does not depend on the grouping:
+    `token_weights` count the whole optimizer step.
 
     >>> micro_batches(np.array([5, 100, 20, 90, 10]), max_seqs=4, max_tokens=200)
     [array([1, 3]), array([2, 4, 0])]
+    >>> micro_batches(np.array([5, 100, 20, 90, 10]), max_seqs=4, max_tokens=200, min_passes=3)
+    [array([1, 3]), array([2, 4]), array([0])]
     """
     if max_tokens <= 0:
         return [np.arange(s, min(s + max_seqs, len(seq_lens))) for s in range(0, len(seq_lens), max_seqs)]
@@ -478,7 +482,12 @@ def micro_batches(seq_lens: np.ndarray, max_seqs: int, max_tokens: int = 0) -> l
             batches.append(np.array(current))
             current = []
         current.append(i)
-    return batches + [np.array(current)] if current else batches
+    batches += [np.array(current)] if current else []
+    while len(batches) < min(min_passes, len(seq_lens)):
+        j = max(range(len(batches)), key=lambda k: len(batches[k]))  # the pass with the most sequences
+        half = (len(batches[j]) + 1) // 2
+        batches[j:j + 1] = [batches[j][:half], batches[j][half:]]
+    return batches
 
 
 def rollout_tensors(groups, rewards: torch.Tensor, ref_sharpness: torch.Tensor | None, cfg: Config,
@@ -623,17 +632,24 @@ def update(policy, ref, optimizer, ro: Rollouts, cfg: Config, device, autocast, 
     def add(name: str, value: torch.Tensor) -> None:
         sums[name] = sums.get(name, 0.0) + value.double()
 
+    def passes(seq_lens: torch.Tensor) -> list[np.ndarray]:  # the same number on every rank (`micro_batches`)
+        plan = micro_batches(seq_lens.numpy(), cfg.micro_batch_size, cfg.micro_batch_tokens)
+        if world_size() > 1 and cfg.micro_batch_tokens:
+            most = reduce_sums({"passes": len(plan)}, device, dist.ReduceOp.MAX)["passes"]
+            plan = micro_batches(seq_lens.numpy(), cfg.micro_batch_size, cfg.micro_batch_tokens, int(most))
+        return plan
+
     if cfg.minibatches > 1:  # pi_old: the trainer's logprobs at the rollout weights, before the first update
         ro.old_logp = torch.zeros(ro.ids.shape, device=device)  # [n, S]
         with torch.no_grad(), timed(timings, "old_logprobs"):
-            for idx in micro_batches(ro.seq_lens.numpy(), cfg.micro_batch_size, cfg.micro_batch_tokens):
+            for idx in passes(ro.seq_lens):
                 mb = ro.rows(idx)
                 block = ro.old_logp[idx, :mb.ids.shape[1]]  # [b, S_mb] a copy (indexed by a list of rows)
                 block[mb.loss_mask] = micro_batch_stats(policy, None, mb, cfg, autocast)["logp"].float()
                 ro.old_logp[idx, :mb.ids.shape[1]] = block
     for minibatch in np.array_split(np.arange(len(ro.adv)), cfg.minibatches):
         totals = reduce_sums({"seqs": len(minibatch), "tokens": int(ro.completion_lens[minibatch].sum())}, device)
-        for part in micro_batches(ro.seq_lens[minibatch].numpy(), cfg.micro_batch_size, cfg.micro_batch_tokens):
+        for part in passes(ro.seq_lens[minibatch]):
             mb = ro.rows(minibatch[part])
             with timed(timings, "logprobs"):
                 stats = micro_batch_stats(policy, ref, mb, cfg, autocast)

@@ -140,6 +140,7 @@ def phi_rule(phi_min: float, source: str = "sample"):
 
 
 def check_config(cfg: RapoConfig) -> None:
+    """Reject RAPO settings that cannot work, before anything is loaded (grpo.train checks the rest)."""
     if not 0 < cfg.ref_phi_min <= 1:
         raise ConfigError(f"--ref-phi-min {cfg.ref_phi_min}: must be in (0, 1] (1 = the plain reference)")
     if cfg.ref_phi_min < 1 and cfg.kl_coef == 0:

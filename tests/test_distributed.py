@@ -269,3 +269,15 @@ def test_two_ranks_with_a_token_budget_train_like_one_process_without(tiny_model
     a = load_file(grpo.latest_checkpoint(tmp_path / "budget") / "hf" / "model.safetensors")
     b = load_file(grpo.latest_checkpoint(tmp_path / "fixed") / "hf" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-4
+
+
+def test_ranks_run_as_many_passes_when_a_token_budget_packs_them_differently(tiny_model, tmp_path):
+    """Rank 0's sequences fit one pass of the budget, rank 1's need eight: FSDP gathers the weights in every forward,
+    so rank 0 must split its pass until both run eight (unplanted, rank 0 stops after one forward and the other
+    rank's gathers wait until the collective timeout)."""
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             str(ROOT / "tests" / "passes_worker.py"), tiny_model, str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT / "tests")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"passes-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["passes"] for r in ranks] == [8, 8] and ranks[0]["grad_norm"] == ranks[1]["grad_norm"] > 0, ranks
