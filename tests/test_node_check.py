@@ -11,6 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--seq-len", "256", "--max-new-tokens", "16", "--rollout-seqs", "6", "--max-model-len", "1024"]
+NO_VLLM = """import sys; sys.path.insert(0, {bench!r}); sys.path.insert(0, {root!r})
+sys.modules["vllm"] = None
+import node_check
+sys.exit(0 if node_check.main(sys.argv[1:])["ok"] else 1)
+"""
 # A planted bug, for the second test: every sync after the first loads nothing.
 STALE = """import sys; sys.path.insert(0, {bench!r}); sys.path.insert(0, {root!r})
 import rollout
@@ -39,8 +44,11 @@ def test_the_node_check_passes_on_the_tiny_model(tiny_model, tmp_path):
     assert code == 0 and results["ok"], results
     assert results["engine"]["kv_tokens"] > 0 and results["rollout"]["tokens_per_s"] > 0
     assert results["sync"]["gap_mean"] < 1e-4 and [p["changed"] for p in results["perturb"]] == [True, True]
-    code, trainer = node_check(["--model", tiny_model, "--out", str(tmp_path / "t.json"), "--trainer-only"])
+    # The trainer half where vLLM cannot be imported (sys.modules["vllm"] = None makes `import vllm` fail).
+    code, trainer = node_check(["--model", tiny_model, "--out", str(tmp_path / "t.json"), "--trainer-only"],
+                               ["-c", NO_VLLM.format(bench=str(ROOT / "bench"), root=str(ROOT))])
     assert code == 0 and "engine" not in trainer and trainer["train"]["sequences"] == 8
+    assert "vLLM not installed" in trainer["versions"]
 
 
 @pytest.mark.slow  # ~30 s: a second engine
