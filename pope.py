@@ -75,7 +75,8 @@ POPE = "POPE authors' PipelineRL config, docs/algorithms.md §2.8"
                                    "bench/bench_padding.py"),
     "eval_every": (10, "this project's"),
     "save_every": (10, "this project's: a 4B model's checkpoint is ~56 GB (DCP fp32 weights + AdamW 48 GB, bf16 HF "
-                       "export 8 GB; arithmetic), about a minute to write every ~10 steps of up to ~8 minutes"), "eval_k": (8, "POPE blog, Figure 2: pass@8"),
+                       "export 8 GB; arithmetic), about a minute to write every ~10 steps of up to ~8 minutes"),
+    "eval_k": (8, "POPE blog, Figure 2: pass@8"),
     "eval_top_p": (0.95, "POPE's eval sampler, as evaluate.py"), "eval_top_k": (50, "POPE's eval sampler"),
 })
 @dataclass
