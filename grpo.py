@@ -626,7 +626,8 @@ def micro_batch_stats(policy, ref, ro: Rollouts, cfg: Config, autocast) -> dict[
 def update(policy, ref, optimizer, ro: Rollouts, cfg: Config, device, autocast, timings) -> dict:
     """Loss and optimizer step(s) on the step's rollouts: each of --minibatches slices of the sequences is one
     optimizer step, its gradient accumulated over micro-batches. Returns the loss's metric sums over tokens, as
-    0-dim tensors on the device: nothing here waits for the device to report a number."""
+    0-dim tensors on the device: none is read here (the host numbers reduced per minibatch are the step's sequence
+    and token counts, and under torchrun with a token budget the passes per rank)."""
     sums, n_tokens = {}, 0
 
     def add(name: str, value: torch.Tensor) -> None:

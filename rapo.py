@@ -153,13 +153,16 @@ def run(cfg: RapoConfig) -> list[dict]:
     return grpo.run(cfg, ref_sharpness=phi_rule(cfg.ref_phi_min, cfg.ref_phi_source))
 
 
+ARM_PRESETS = ("arm", ARMS)  # --arm's value picks its ARMS entry as the defaults (common.parse_config)
+
+
 def parse(argv=None) -> RapoConfig:
     """The flags, parsed once, with the --arm preset as defaults: flags given explicitly still win."""
-    return parse_config(RapoConfig, argv, presets=("arm", ARMS))
+    return parse_config(RapoConfig, argv, presets=ARM_PRESETS)
 
 
 def main(argv=None) -> None:
-    command_line(RapoConfig, run, argv, presets=("arm", ARMS))
+    command_line(RapoConfig, run, argv, presets=ARM_PRESETS)
 
 
 if __name__ == "__main__":
