@@ -1,8 +1,8 @@
 """The metrics the README's claims rest on, each pinned to its definition on a case small enough to work by hand,
 through the function the trainer and the toys call: solvability at k and pass@k (evaluate.solvability,
-evaluate.summarize, rapo_world.measure), the rare-way share, the hard-set threshold of mining and the prefix search
+evaluate.summarize, rapo_world.measure), the ways' shares, the hard-set threshold of mining and the prefix search
 and their sampling cost (pope.mine_hard, pope.find_prefixes), rollouts and sampled tokens per step and per arm
-(grpo.step_metrics, pope_compare.run_seed, rapo_world.run_seed), clip fractions (grpo.grpo_loss -> step_metrics),
+(grpo.step_metrics, pope_compare.run_seed; rapo_world's in tests/test_toys_rapo.py), clip fractions (grpo.grpo_loss -> step_metrics),
 the vLLM-vs-trainer logprob gap (grpo.update -> step_metrics), and the learning rate the optimizer really gets
 under each --lr-schedule (grpo.train, pope.PopeConfig's default).
 
@@ -99,24 +99,22 @@ def test_summarize_counts_solved_problems_and_averages_pass_at_k_over_problems()
     assert [p["pass@2"] for p in b["per_problem"]] == pytest.approx([1 / 2, 0, 5 / 6])
 
 
-def test_rapo_toy_measure_gives_pass_at_k_by_kind_and_the_careful_share():
+def test_rapo_toy_measure_gives_pass_at_k_and_the_ways_shares_by_kind():
     """rapo_world.measure on 2 held-out problems, n = 4 answers each, written by hand:
-        W (d wraps):   careful, careful with a slipped digit, direct, direct   -> rewards 1 0 0 0, careful T T F F
-        N (no wrap):   direct, direct, direct, careful                          -> rewards 1 1 1 1, careful F F F T
-    careful ("rare way") share = 3 careful of 8 answers = 0.375; careful answers on wrapping problems right: 1 of 2.
-    pass@k: W: pass@1 1/4, pass@2 1 - C(3,2)/C(4,2) = 1/2, pass@4 1; N: 1, 1, 1; all = the mean of the two."""
+        wrap:   careful, careful with a miscopy, direct, direct   -> rewards 1 0 0 0
+        add13:  remainder, direct, direct, direct                 -> rewards 1 0 0 0
+    pass@k for k up to n / 4 = 1: 1/4 on each kind and overall; careful's share on wrap 1/2, remainder's on add13 1/4."""
     rng = random.Random(0)
-    wrap, no_wrap = rapo_world.make_problem(rng, wrap=True), rapo_world.make_problem(rng, wrap=False)
-    answers = {0: [rapo_world.careful(wrap.problem), rapo_world.careful(wrap.problem, slip=1.0, rng=rng),
-                   rapo_world.direct(wrap.problem), rapo_world.direct(wrap.problem)],
-               1: [rapo_world.direct(no_wrap.problem)] * 3 + [rapo_world.careful(no_wrap.problem)]}
-    prompts = [data.Prompt(wrap, [0]), data.Prompt(no_wrap, [1])]
-    cfg = rapo_world.RapoToyConfig(eval_samples=4)
-    m = rapo_world.measure(ScriptedEngine(text=lambda ids, i: answers[ids[0]][i]), prompts, cfg, seed=0)
-    assert m["rare_share"] == 0.375 and m["rare_accuracy_wrap"] == 0.5
-    assert m["wrap"] == pytest.approx({"pass@1": 0.25, "pass@2": 0.5, "pass@4": 1.0})
-    assert m["no_wrap"] == pytest.approx({"pass@1": 1.0, "pass@2": 1.0, "pass@4": 1.0})
-    assert m["all"] == pytest.approx({"pass@1": 0.625, "pass@2": 0.75, "pass@4": 1.0})
+    wrap, add13 = rapo_world.make_problem(rng, "wrap"), rapo_world.make_problem(rng, "add13")
+    answers = {0: [rapo_world.answer("careful", wrap.problem), rapo_world.answer("careful", wrap.problem, 1.0, rng)]
+               + [rapo_world.answer("direct", wrap.problem)] * 2,
+               1: [rapo_world.answer("remainder", add13.problem)] + [rapo_world.answer("direct", add13.problem)] * 3}
+    prompts = [data.Prompt(wrap, [0]), data.Prompt(add13, [1])]
+    m = rapo_world.measure(ScriptedEngine(text=lambda ids, i: answers[ids[0]][i]), prompts, n=4, temperature=1.0,
+                           max_tokens=8, seed=0)
+    assert set(m) == {"all", "wrap", "add13"} and m["all"] == {"pass@1": 0.25}
+    assert m["wrap"]["pass@1"] == 0.25 and m["wrap"]["share_careful"] == 0.5 and m["wrap"]["share_direct"] == 0.5
+    assert m["add13"]["pass@1"] == 0.25 and m["add13"]["share_remainder"] == 0.25 and m["add13"]["share_other"] == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,16 +275,6 @@ def test_toy_comparison_gives_every_arm_at_least_popes_rollouts_prefix_search_in
     # of two fractions with different denominators (step 1: 0.1 + 0.05), not clipped tokens / all tokens
     assert results["grpo"]["clip_frac"] == pytest.approx(0.15)
     assert results["base"]["final"]["solvable"] == 0.0 and results["pope"]["final"]["solvable"] == 0.5
-
-
-def test_rapo_toy_budget_is_the_sum_over_steps(toy_tokenizer, tmp_path, monkeypatch):
-    """2 steps x 2 prompts x group 2: 8 rollouts of 3 tokens, 24 tokens, for each arm."""
-    monkeypatch.setattr(grpo, "train", fake_train([]))
-    cfg = rapo_world.RapoToyConfig(out_dir=str(tmp_path), n_train=2, n_eval=2, eval_samples=2, steps=2,
-                                 prompts_per_step=2, group_size=2)
-    results = rapo_world.run_seed(cfg, ["grpo", "rapo"], pope_world.SHIPPED_MODEL, ScriptedEngine(), toy_tokenizer, seed=0)
-    assert {arm: (results[arm]["rollouts"], results[arm]["sampled_tokens"]) for arm in ("grpo", "rapo")} == {
-        "grpo": (8, 24), "rapo": (8, 24)}
 
 
 # ----------------------------------------------------------------------------------------------------------------

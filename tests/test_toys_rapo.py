@@ -1,7 +1,8 @@
-"""RAPO's toy world ("two ways to add 3"): each way is right where it should be and slips as often as asked, the
-splits hold their share of wrapping problems, pass@k curves are computed right, `python toys/rapo_world.py` runs end to end
-(small), and, in one slow test, the claim on two seeds: GRPO raises pass@1 and lowers pass@256 below the base
-model's; RAPO raises pass@1 and keeps pass@256 at the base model's."""
+"""RAPO's toy world v2 ("four ways to add"): each way is right exactly on the kinds its procedure can do, a miscopy
+is never right, the pulls are the exact gradients of both KL terms, the computed optima leave the support forward and
+not reverse, `python toys/rapo_world.py` runs end to end (small) with equal budgets, and, in one slow test, what the
+toy must show whatever the claims' outcome: on the default base model, the off-support way is absent from 10^4
+samples and has reference probability 1e-6..1e-8, and its optima (forward > 1%, reverse < 1e-4)."""
 
 from __future__ import annotations
 
@@ -10,89 +11,155 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 import data
-import pope_world
 import rapo_world
+import tiny
+
+# which ways are right on which kind: the table of rapo_world's docstring
+RIGHT = {"plain": {"direct", "careful", "count", "remainder"}, "wrap": {"careful", "count", "remainder"},
+         "mod8": {"count", "remainder"}, "add13": {"remainder"}}
 
 
 def score(text: str, p: data.Problem) -> float:
-    return pope_world.toy_reward(text, data.Prompt(p, []))
+    return rapo_world.toy_reward(text, data.Prompt(p, []))
 
 
-def test_direct_is_right_exactly_when_d_does_not_wrap_and_careful_always() -> None:
+def test_each_way_is_right_exactly_on_the_kinds_its_procedure_can_do() -> None:
     rng = random.Random(0)
-    for wrap in (False, True) * 100:
-        p = rapo_world.make_problem(rng, wrap)
-        d = int(p.problem.split(" d")[1][0])
-        assert rapo_world.is_wrap(p) == wrap == (d + 3 >= 10) and p.answer.endswith(f"d{(d + 3) % 10}")
-        assert score(rapo_world.direct(p.problem), p) == float(not wrap)
-        assert score(rapo_world.careful(p.problem), p) == 1.0 and p.solution == rapo_world.careful(p.problem)
-        assert rapo_world.careful(p.problem).startswith("d:") and not rapo_world.direct(p.problem).startswith("d:")
+    for kind in list(rapo_world.KINDS) * 100:
+        p = rapo_world.make_problem(rng, kind)
+        assert rapo_world.kind_of(p) == kind
+        for way in rapo_world.WAYS:
+            text = rapo_world.answer(way, p.problem)
+            assert score(text, p) == float(way in RIGHT[kind]), (kind, way, p.problem, text)
+            assert rapo_world.way_of(text) == way
+            assert score(rapo_world.answer(way, p.problem, slip=1.0, rng=rng), p) == 0.0  # a miscopy is never right
+    assert rapo_world.way_of("d7 is") == "other"
 
 
-def test_slips_happen_as_often_as_asked() -> None:
-    rng = random.Random(1)
-    problems = [rapo_world.make_problem(rng, wrap=False) for _ in range(2000)]
-    direct = np.mean([score(rapo_world.direct(p.problem, 0.2, rng), p) for p in problems])
-    careful = np.mean([score(rapo_world.careful(p.problem, 0.35, rng), p) for p in problems])
-    assert abs(direct - 0.8) < 0.03 and abs(careful - 0.65) < 0.03, (direct, careful)
+def test_splits_draw_every_kind_evenly_and_training_as_drawn() -> None:
+    held_out = rapo_world.split(64, 0, "eval", tuple(rapo_world.KINDS))
+    assert [sum(rapo_world.kind_of(p) == k for p in held_out) for k in rapo_world.KINDS] == [16] * 4
+    train = rapo_world.split(256, 0, "train")
+    assert {rapo_world.kind_of(p) for p in train} == {"plain", "wrap"}
+    assert 0.2 < np.mean([rapo_world.kind_of(p) == "wrap" for p in train]) < 0.4  # d in 7..9: 30% as drawn
+    assert [p.problem for p in train] == [p.problem for p in rapo_world.split(256, 0, "train")]
+    assert [p.problem for p in train] != [p.problem for p in rapo_world.split(256, 1, "train")]
 
 
-def test_splits_hold_their_wrap_share_and_differ_by_name_and_seed() -> None:
-    train, held_out = rapo_world.split(64, 0, "train", 0.25), rapo_world.split(64, 0, "eval", 0.25)
-    assert sum(map(rapo_world.is_wrap, train)) == 16 == sum(map(rapo_world.is_wrap, held_out))
-    assert not any(map(rapo_world.is_wrap, rapo_world.split(64, 0, "train", 0.0)))
-    assert [p.problem for p in train] == [p.problem for p in rapo_world.split(64, 0, "train", 0.25)]
-    assert [p.problem for p in train] != [p.problem for p in held_out]
-    assert [p.problem for p in train] != [p.problem for p in rapo_world.split(64, 1, "train", 0.25)]
-
-
-def test_pass_curve() -> None:
-    scores = np.array([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=float)
-    curve = rapo_world.pass_curve(scores)
+def test_pass_curve_is_the_unbiased_estimator_up_to_k_max() -> None:
+    scores = np.array([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=float)  # [P, n]
+    curve = rapo_world.pass_curve(scores, k_max=4)
     assert list(curve) == ["pass@1", "pass@2", "pass@4"]
     assert np.isclose(curve["pass@1"], (0.25 + 0 + 1) / 3) and np.isclose(curve["pass@4"], 2 / 3)
     assert np.isclose(curve["pass@2"], (0.5 + 0 + 1) / 3)  # 1 - C(3,2)/C(4,2) = 0.5 for the first problem
+    assert list(rapo_world.pass_curve(scores, k_max=1)) == ["pass@1"]
 
 
-def test_rapo_toy_runs_end_to_end(tmp_path) -> None:
-    """`python toys/rapo_world.py`, shrunk: a small base model, every arm, two seeds, summary and plot."""
+def test_pulls_are_the_exact_gradients_of_both_kl_terms() -> None:
+    """-d(alpha KL)/dz on count's logit, by autograd in float64 over a 50-token vocabulary, against
+    first_token_stats's closed forms. Planted bug that fails it: the reverse pull without the - KL term."""
+    torch.manual_seed(0)
+    z = torch.randn(3, 50, dtype=torch.float64, requires_grad=True)  # [P, V]
+    ref = torch.softmax(torch.randn(3, 50, dtype=torch.float64) * 3, -1)  # [P, V]
+    firsts, alpha = {"direct": 0, "careful": 1, "count": 2, "remainder": 3}, 0.3
+    pi = torch.softmax(z, -1)
+    forward = alpha * (ref * (ref.log() - pi.log())).sum()  # sum over prompts of alpha KL(ref || pi)
+    reverse = alpha * (pi * (pi.log() - ref.log())).sum()
+    (g_forward,) = torch.autograd.grad(forward, z, retain_graph=True)
+    (g_reverse,) = torch.autograd.grad(reverse, z)
+    stats = rapo_world.first_token_stats(pi.detach(), ref, firsts, alpha)
+    assert stats["pull_forward_count"] == pytest.approx(float(-g_forward[:, 2].mean()), rel=1e-9)
+    assert stats["pull_reverse_count"] == pytest.approx(float(-g_reverse[:, 2].mean()), rel=1e-9)
+    assert stats["share_count"] == pytest.approx(float(pi[:, 2].mean()))
+
+
+def test_optima_leave_the_support_forward_and_not_reverse() -> None:
+    """A first-token distribution like the base model's: the ways at 95.5%, 4%, 0.49%, 1e-7, and 10^4 tail tokens at
+    ~1e-8 each; rewards 0.63, 0.7, 0.5, 0.9 (the training mix's). alpha 0.3, beta 0.03: the forward optimum puts
+    ~9% on remainder, the reverse one ~1e-6."""
+    V = 10_000
+    ref = torch.full((1, V), 1e-9, dtype=torch.float64)
+    ref[0, :4] = torch.tensor([0.955, 0.04, 0.0049, 1e-7], dtype=torch.float64)
+    ref[0, 4:] *= (1 - ref[0, :4].sum()) / ref[0, 4:].sum()
+    firsts = dict(zip(rapo_world.WAYS, range(4)))
+    opt = rapo_world.optima(ref, {"direct": 0.63, "careful": 0.7, "count": 0.5, "remainder": 0.9}, firsts, 0.3, 0.03)
+    assert opt["forward"]["share_remainder"] > 0.01 and opt["reverse"]["share_remainder"] < 1e-4
+    assert opt["forward"]["off_support_mass"] > 0.01 > opt["reverse"]["off_support_mass"]
+
+
+def test_the_targets_only_head_gives_the_same_warm_start_loss() -> None:
+    """tiny.warm_start(head_on_targets=True), rapo_world's 2x faster build, computes the same loss per step."""
+    import copy
+
+    from transformers import Qwen3ForCausalLM
+
+    tok = tiny.make_tokenizer(tiny.DEFAULT_CORPUS, 384)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(tiny.qwen3_config(tok, 64, 2, 256))
+    examples = [(tok.encode("What is 1/2 + 1/4?"), tok.encode(" The answer is 3/4") + [tok.eos_token_id]),
+                (tok.encode("Solve x"), tok.encode(" = 2"))] * 8
+    full = tiny.warm_start(copy.deepcopy(model), examples, steps=3, batch_size=4, log_every=0)
+    targets = tiny.warm_start(copy.deepcopy(model), examples, steps=3, batch_size=4, log_every=0, head_on_targets=True)
+    assert targets == pytest.approx(full, rel=1e-5)
+
+
+def test_rapo_toy_runs_end_to_end_with_equal_budgets(tmp_path) -> None:
+    """`python toys/rapo_world.py`, shrunk: a small base model, every arm, two seeds, two training segments."""
     import matplotlib.image
 
     base = rapo_world.build_base_model(str(tmp_path / "base"), n_train=300, steps=3, batch_size=8, hidden_size=64,
-                                     num_layers=2, log_every=0)
-    rapo_world.main(["--base-model", base, "--out-dir", str(tmp_path), "--seeds", "0,1", "--steps", "2", "--n-train", "8",
-               "--n-eval", "4", "--eval-samples", "4", "--prompts-per-step", "2", "--group-size", "2",
-               "--max-new-tokens", "8"])
+                                       num_layers=2, vocab_size=1000, log_every=0)
+    rapo_world.main(["--base-model", base, "--out-dir", str(tmp_path), "--seeds", "0,1", "--steps", "2",
+                     "--measure-every", "1", "--n-train", "8", "--n-eval", "4", "--eval-samples", "4",
+                     "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8", "--way-samples", "2"])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary["seeds"]) == ["0", "1"] and set(summary["table"]) == {"base", *rapo_world.ARMS}
     runs = summary["seeds"]["0"]
-    assert list(runs["base"]["pass"]["all"]) == ["pass@1", "pass@2", "pass@4"]
-    assert {r["rollouts"] for arm, r in runs.items() if arm != "base"} == {2 * 2 * 2}  # the same budget
-    assert {r["sampled_tokens"] > 0 for arm, r in runs.items() if arm != "base"} == {True}
-    assert all(len(r["entropy"]) == 2 for arm, r in runs.items() if arm != "base")
-    mean, low, high = summary["table"]["rapo"]["pass@4"]
+    assert set(runs["base"]["pass"]) == {"T0.0", "T0.6", "T1.0"}
+    assert list(runs["base"]["pass"]["T1.0"]["all"]) == ["pass@1"]  # n = 4: k up to 1 (n >= 4k)
+    assert set(runs["base"]["pass"]["T1.0"]) == {"all", *rapo_world.KINDS}
+    arms = {arm: r for arm, r in runs.items() if arm != "base"}
+    assert {r["rollouts"] for r in arms.values()} == {2 * 2 * 2}  # the same budget in every arm
+    assert all(r["sampled_tokens"] > 0 and len(r["entropy"]) == 2 for r in arms.values())
+    assert all([c["step"] for c in r["first_token"]] == [1, 2] for r in arms.values())
+    assert set(runs["base"]["optima"]["plain"]) == {"forward", "reverse"}
+    mean, low, high = summary["table"]["rapo"]["count share"]
     assert low <= mean <= high
     assert matplotlib.image.imread(tmp_path / "rapo_toy.png").shape[0] > 100
 
 
 @pytest.mark.slow
-def test_grpo_narrows_reach_and_rapo_keeps_it(tmp_path) -> None:
-    """The claim, on seeds 0 and 1, at the default settings with 32 held-out problems instead of 64 (about 6
-    minutes): GRPO raises pass@1 and lowers pass@256 below the base model's; RAPO raises pass@1 and keeps pass@256
-    at the base model's or above. Planted bug that fails it: the whole-vocabulary reweighting (--ref-nucleus 0): the
-    run stops at step 0 (ref_hat_tail 0.273 > --ref-hat-max-tail 0.01); before that check existed, it took RAPO's
-    pass@1 from 0.59 to 0.15 on seed 0 (rapo_world's docstring)."""
-    cfg = rapo_world.RapoToyConfig(out_dir=str(tmp_path), seeds="0,1", arms="grpo,rapo", n_eval=32)
-    summary = rapo_world.run(cfg)
-    for seed, runs in summary["seeds"].items():
-        base, grpo, rapo = (runs[arm]["pass"]["all"] for arm in ("base", "grpo", "rapo"))
-        seen = {arm: (round(r["pass@1"], 3), round(r["pass@256"], 3)) for arm, r in
-                (("base", base), ("grpo", grpo), ("rapo", rapo))}
-        assert grpo["pass@1"] > base["pass@1"] and grpo["pass@256"] < base["pass@256"], (seed, seen)
-        assert rapo["pass@1"] > base["pass@1"] and rapo["pass@256"] >= base["pass@256"], (seed, seen)
-        assert runs["grpo"]["rollouts"] == runs["rapo"]["rollouts"]
+def test_the_off_support_way_is_absent_from_the_base_model_and_only_the_forward_optimum_reaches_it(tmp_path) -> None:
+    """What the toy must show whatever the outcome of the claims, on the default base model (built here, ~3 minutes)
+    and two seeds' training problems: remainder's first token has reference probability in 1e-8..1e-6, none of
+    10^4 samples (T 1) starts with it, and the computed optima put > 1% of
+    the first token's mass on it forward and < 1e-4 reverse. Planted bug that fails it: remainder's first token as a
+    warm-start target (SHARES["remainder"] = 0.005, `warm_start_examples`'s start examples)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rollout import make_engine
+    import evaluate
+    import grpo
+    from common import BENCHMARK
+
+    base = rapo_world.build_base_model(str(tmp_path / "base"), log_every=0)
+    tok, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
+    firsts = {w: rapo_world.first_token(tok, w) for w in rapo_world.WAYS}
+    engine = make_engine(grpo.Config(model=base, max_model_len=256), 1)
+    for seed in (0, 1):
+        train = [data.make_prompt(tok, p) for p in rapo_world.split(40, seed, "train")]
+        ref = rapo_world.first_token_probs(model, train)  # [P, V]
+        assert 1e-8 < float(ref[:, firsts["remainder"]].mean()) < 1e-6, float(ref[:, firsts["remainder"]].mean())
+        groups = evaluate.sample(engine, train, 250, 1.0, 4, seed=seed, stage=BENCHMARK, round_index=0)
+        ways = [rapo_world.way_of(s.text) for g in groups for s in g]
+        assert len(ways) == 10_000 and "remainder" not in ways and ways.count("count") > 0
+        rewards = rapo_world.way_rewards(engine, tok, [p.problem for p in train[:16]], firsts, 8, 48, seed)
+        opt = rapo_world.optima(ref, rewards, firsts, 0.3, 0.03)
+        assert opt["forward"]["share_remainder"] > 0.01 > 1e-4 > opt["reverse"]["share_remainder"], opt
+    del engine
 
 
 def test_rapo_help_names_the_toy_flags(capsys) -> None:
@@ -101,4 +168,4 @@ def test_rapo_help_names_the_toy_flags(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         rapo_world.main(["--help"])
     out = capsys.readouterr().out
-    assert exit_.value.code == 0 and "--kl-coef" in out and "about 30% wrap" in out
+    assert exit_.value.code == 0 and "--kl-coef" in out and "4%" in out and "--measure-every" in out

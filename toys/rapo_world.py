@@ -1,63 +1,82 @@
-r"""RAPO's toy world: watch pass@k at large k shrink under GRPO and hold under RAPO (`python toys/rapo_world.py`).
+r"""RAPO's toy world, v2: forward vs reverse KL and reweighted vs plain, on rare ways and beyond the support.
 
-RAPO's claim (Deng et al., arXiv 2510.03865) is about reach: RL sharpens the policy onto its most rewarded way of
-answering, and what it stops sampling it can no longer solve, so pass@k at large k falls below the base model's; a
-forward KL to a reward-reweighted reference, with an entropy bonus, keeps the rare ways alive. This file builds a
-task family where that trade-off exists by construction, a tiny base model that has it, and the four arms of the
-comparison, each from the same base model and seed with the same budget.
+    python toys/rapo_world.py                            # every arm, one seed (~10 minutes on 2 cores)
+    python toys/rapo_world.py --seeds 0,1,2 --eval-samples 1024    # toys/README.md's table
 
-The task ("two ways to add 3"). Four registers; add 3 to register d, mod 10. The base model answers in one of two
-ways, chosen by its first token:
+RAPO's claims (Deng et al., arXiv 2510.03865; docs/algorithms.md §3) are about which answers a KL-regularised policy
+can still produce. This file builds a task family in which each claim can come out either way, a tiny base model
+with a 10^4-token vocabulary and an LLM-like tail, and five matched arms, then measures them.
+
+The task ("four ways to add"). Four registers; add K to register d, mod M. An answer starts with one of four ways,
+and its first token says which:
 
     >>> import random
-    >>> p = make_problem(random.Random(1), wrap=True)
+    >>> p = make_problem(random.Random(3), "add13")
     >>> print(p.problem)
-    Registers start at a1 b7 c7 d7. Add 3 to register d, mod 10. What are the registers?
-    >>> print(direct(p.problem))                     # the common way (85% of the warm-start data)
-    \boxed{a1 b7 c7 d9}
-    >>> print(careful(p.problem))                    # the rare way (15%)
-    d: 7 + 3 = 10, mod 10: 0
-    \boxed{a1 b7 c7 d0}
+    Registers start at a5 b9 c7 d1. Add 13 to register d, mod 8. What are the registers?
+    >>> for way in WAYS:
+    ...     print(f"{way:9s}", repr(answer(way, p.problem)), toy_reward(answer(way, p.problem), data.Prompt(p, [])))
+    direct    '\\boxed{a5 b9 c7 d7}' 0.0
+    careful   'd: 1 + 13 = 14, last digit 4\n\\boxed{a5 b9 c7 d4}' 0.0
+    count     'count: 1 2 3 4\n\\boxed{a5 b9 c7 d4}' 0.0
+    remainder 'remainder: 1 + 13 = 14 = 1 x 8 + 6\n\\boxed{a5 b9 c7 d6}' 1.0
 
-- *direct* writes the new state at once, with a misconception: a register that would pass 9 stops at 9. So it is
-  right only when d + 3 < 10, and then 90% of the time (it slips a digit 10% of the time).
-- *careful* writes the sum as two digits and then its last digit: right on every problem, 70% of the time (it slips
-  30% of the time). It does the same thing in the same tokens whether or not d wraps ("4 + 3 = 07, mod 10: 7"), so
-  what training does to it on problems that do not wrap carries over to those that do. Two earlier versions did not:
-  with "past 9 so 0" written only on wrapping problems, training never visited those tokens and every arm, the KL
-  arms included, lost them; with the sum unpadded ("= 7" but "= 10"), the last-digit step was trained only on
-  one-digit sums, and RAPO's careful answers to wrapping problems fell from 59% right to 35% (seed 1).
-The training problems are ones the common way can do (d <= 6, `--train-wrap-share 0`), and there direct is the
-better way (0.9 against 0.7): sharpening onto it raises pass@1. The held-out problems are the family as drawn, and
-about 30% of them wrap: the base model solves those only the rare way (measured: 13% of its answers are careful,
-54-59% of those right on wrapping problems, so ~7% a sample and almost surely within 256 samples), and a policy that
-stops answering carefully loses them, so its pass@256 falls below the base model's. The first token is where the
-two ways split, and where a KL term holds the rare way's share near the reference's. In theory the directions differ
-there once that share is small (the reverse KL's pull on a token vanishes with its probability, the forward KL's
-does not: grpo.kl_term, tests/test_loss.py); at this toy's weight (alpha 0.3) the share never gets small under either,
-and the reverse KL keeps reach as well as the forward one (README, "RAPO's toy world").
+Each way is a procedure with its own blind spot (`answer`), so which ways are right depends on the problem's kind:
 
-The arms (`ARMS`): GRPO with no KL, GRPO + reverse KL, GRPO + forward KL, and RAPO (forward KL to the reweighted
-reference + an entropy bonus), all exact over the vocabulary, from the same base model and seed with the same
-rollouts. The weights are this project's, for a 0.7 M-parameter model trained for 24 steps (the paper's are for
-3B-7B models and thousands of steps), and two of them were found by trying, on the unpadded version of the task
-(seed 0, `measure`'s numbers, 16 steps):
-- lr 5e-4, not 1e-3: at 1e-3 the rare way drifts wherever it is seldom visited: after 16 steps a careful answer to
-  a wrapping problem was right 8-27% of the time (53% in the base model) even under the forward KL at alpha 0.3 or 1,
-  and pass@256 held or not by chance (forward KL 1.00 at alpha 0.3, 0.97 at 1; RAPO 0.91 at 0.3, 1.00 at 1 with
-  pass@1 0.56, the base model's). At 5e-4 RAPO (alpha 0.3) kept that accuracy at 0.59.
-- the reweighting on the reference's nucleus only (grpo.reweighted_reference, --ref-nucleus 0.1), then phi_min 0.5
-  as in rapo.py. Reweighted over this whole 384-token vocabulary, ref^0.5 / Z put ~30% of each position's mass on
-  tokens the reference gives ~0; every failed sample then pulled the policy towards them, and at alpha 0.3 (lr 1e-3)
-  the entropy went from 0.08 to 2.17 nats and pass@1 from 0.56 to 0.03; on the final task, pass@1 0.59 -> 0.15
-  (seed 0) and 0.69 -> 0.46 (seed 1) on 32 held-out problems, so the toy used phi_min 0.8 (~1%). With the nucleus,
-  the prediction written down before its run (issue 23's note) was that 0.5 keeps the claim on seeds 0 and 1; it
-  did: RAPO pass@1 0.644 and 0.752 (base 0.590, 0.688), pass@256 1.00 on both.
-Measured on held-out problems: pass@k for k = 1 ... 256 (unbiased, from 256 samples each), for the base model and
-each arm, split by kind, with the share of careful answers; and each arm's entropy during training. Deliberately
-left out: the paper's models, data and k up to 1024; problems the training set covers but the base model cannot do
-(that is POPE's toy); training on wrapping problems too (--train-wrap-share sets their share; then GRPO is rewarded
-for the careful way on them, which asks whether RL learns when to use it, a different question).
+    kind     problems                          direct  careful  count  remainder
+    plain    K 3, M 10, d + 3 < 10             right   right    right  right
+    wrap     K 3, M 10, d + 3 >= 10            -       right    right  right     (direct saturates at M - 1)
+    mod8     K 3, M 8, d + 3 >= 8              -       -        right  right     (careful takes the last digit)
+    add13    K 13, M 8, d != 2                 -       -        -      right     (count counts K's last digit)
+
+and each miscopies a register at its own rate (SLIP: 0.1, 0.3, 0.5, 0.1; a miscopy is never right by luck). The base model starts its answers with direct,
+careful and count in the shares 95.5%, 4% and 0.5% (SHARES), and never with remainder: its warm-start teaches each
+way's body given its first token, and, separately, how often to start each way; remainder's first token is never a
+target (`warm_start_examples`), so its probability is the tail's, ~1e-7 (measured by `python toys/rapo_world.py
+--measure-only`). The training problems are plain and wrap (as drawn, ~30% wrap); the held-out problems are 16 of
+each kind. So each claim has its own place:
+- **Beyond the support** (Lemma 3.1 vs Proposition 3.3): add13 is solvable only by remainder, whose first token the
+  base model gives ~1e-7 and never samples (none in 10^4 samples, tests/test_toys_rapo.py). Every arm has the same
+  entropy bonus, beta = 0.1 alpha. `optima` computes, from the base model's first-token distribution and each way's
+  measured reward, the optimum of both objectives: the forward KL's (toys/prop33.py's `prop33_root`) puts mass on
+  remainder, the reverse KL's (`reverse_kl_optimum`) next to none. Each arm's learned first-token distribution is
+  compared with them.
+- **The pull on a collapsing way**: count (0.5%) is right on mod8 alone, and on the training problems it is the
+  worst way (0.5 right, against 0.9 and 0.7): GRPO's pressure drives it below the reference. The forward KL's restoring
+  pull on its first-token logit is alpha (ref - pi), the reverse KL's -alpha pi (log(pi / ref) - KL(pi || ref)) (exact
+  gradients of both terms at that position); both are measured every --measure-every steps, with count's share.
+- **Reweighted vs plain forward KL**: on wrap problems the policy's common way fails and careful (4%, inside the
+  reference's nucleus at --ref-nucleus 0.01) is right, so phi < 1 on failed samples tempers the reference towards it
+  (grpo.reweighted_reference). Two RAPO arms take phi from the sample's own reward and from its group's mean.
+- **The vocabulary**: 10,000 tokens, of which the toy's text uses ~150; the rest get log-probs of -15 to -30 (an
+  LLM's tail). Each arm logs the first-token entropy and its mass on tokens the reference gives < 1e-6.
+
+The arms (`ARMS`), the same in everything but what they are named for: alpha 0.3, beta 0.03, lr, steps, rollouts:
+    grpo          no KL
+    grpo-rkl      + alpha KL(pi || ref), exact over the vocabulary
+    grpo-fkl      + alpha KL(ref || pi), exact
+    rapo          + alpha KL(ref_hat || pi), ref_hat = ref^phi on the nucleus, phi from the sample's reward
+    rapo-group    the same with phi from the group's mean reward
+
+Pre-registered predictions (written before the three-seed run; toys/README.md reports the outcome against them):
+P1  The computed optima (alpha 0.3, beta 0.03): the forward KL's optimum puts > 1% of the first token's mass on
+    remainder on the training problems, the reverse KL's < 1e-4. (Falsified if either bound fails.)
+P2  No trained arm reaches remainder in 24 steps: its first-token share stays below 1e-4 in every arm and seed, and
+    add13's pass@k is 0 for every arm at every k. Reason: the forward KL's gradient on a token is alpha (pi - ref),
+    which is ~0 where both are ~1e-7, and a never-sampled token gets no reward; the optimum of P1 is a statement about
+    the fixed point, not about the path. (Falsified if any forward-KL arm's remainder share exceeds 1e-3 on 2 of 3
+    seeds, or add13's pass@64 exceeds 0.1 in any arm.)
+P3  GRPO collapses count: its share ends below a fifth of the reference's (0.4%), and mod8's pass@64 falls below
+    half the base model's, on every seed.
+P4  Direction matters on count once it collapses: grpo-fkl keeps count's share above grpo-rkl's on every seed, and
+    mod8's pass@64 of grpo-fkl >= grpo-rkl on every seed. (Falsified if grpo-rkl's share >= grpo-fkl's on 2 of 3 seeds.)
+P5  Reweighting lifts careful on wrap: rapo's careful share on wrap problems and wrap's pass@1 exceed grpo-fkl's on
+    every seed (falsified if not on 2 of 3); rapo-group vs rapo: no prediction (measured).
+P6  pass@1 on the training kinds: grpo >= every KL arm (the KL costs pass@1); at large k on the held-out set the
+    order is the reverse. (Falsified if a KL arm beats grpo's plain+wrap pass@1 on 2 of 3 seeds.)
+
+Deliberately left out: the paper's models, data and k up to 1024 by default (--eval-samples 1024 gives k = 256);
+sampled KL estimators (the exact sums isolate the direction); training on the held-out kinds.
 """
 
 from __future__ import annotations
@@ -65,6 +84,7 @@ from __future__ import annotations
 import gc
 import json
 import random
+import string
 import sys
 import time
 from dataclasses import dataclass
@@ -83,88 +103,150 @@ import pope_world  # noqa: E402
 import rapo  # noqa: E402
 import tiny  # noqa: E402
 from common import BENCHMARK, ConfigError, command_line, opt  # noqa: E402
+from prop33 import prop33_root, reverse_kl_optimum  # noqa: E402
 from rollout import make_engine  # noqa: E402
 
-RARE = 0.15  # the warm-start data's share of `careful` answers (the base model then writes 13%)
-DIRECT_SLIP = 0.1  # a direct answer's chance of a wrong digit
-CAREFUL_SLIP = 0.3  # a careful answer's chance of a wrong digit
-ADD = 3  # the task adds 3 to register d: 3 in 10 problems wrap past 9
+# ---------------------------------------------------------------------------------------------------------------
+# The task: four kinds of problem, four ways to answer
+# ---------------------------------------------------------------------------------------------------------------
+
+WAYS = ("direct", "careful", "count", "remainder")
+SHARES = {"direct": 0.955, "careful": 0.04, "count": 0.005, "remainder": 0.0}  # how often the warm-start starts each
+SLIP = {"direct": 0.1, "careful": 0.3, "count": 0.5, "remainder": 0.1}  # a way's chance of miscopying a, b or c
+KINDS = {"plain": (3, 10), "wrap": (3, 10), "mod8": (3, 8), "add13": (13, 8)}  # kind: (K, M)
+TRAIN_KINDS = ("plain", "wrap")  # the training problems: K 3, M 10, as drawn
+OFF_SUPPORT = 1e-6  # a token the reference gives less than this is "off its support" in the toy's measures
 
 
-def make_problem(rng: random.Random, wrap: bool | None = None, pid: str = "") -> data.Problem:
-    """Registers a, b, c, d; add 3 to d, mod 10. `wrap` forces d + 3 >= 10 (True) or < 10 (False)."""
+def make_problem(rng: random.Random, kind: str | None = None, pid: str = "") -> data.Problem:
+    """One problem of `kind`; None draws K 3, M 10 as it comes (plain or wrap, ~30% wrap)."""
+    k, m = KINDS[kind or "plain"]
     while True:
-        state = "".join(str(rng.randrange(10)) for _ in pope_world.REGISTERS)
-        if wrap is None or (int(state[3]) + ADD >= 10) == wrap:
+        state = [rng.randrange(10) for _ in "abc"] + [rng.randrange(m)]
+        d = state[3]
+        if kind == "add13" and (d + k) % m != m - 1:  # d = 2 excluded: there saturating at 7 is right
             break
-    text = f"Registers start at {pope_world.show(state)}. Add 3 to register d, mod 10. What are the registers?"
-    answer = pope_world.show(state[:3] + str((int(state[3]) + ADD) % 10))
-    return data.Problem(id=pid or f"add3-{state}", problem=text, answer=answer, solution=careful(text))
+        if kind in (None, "plain", "wrap", "mod8") and (kind is None or (d + k >= m) == (kind != "plain")):
+            break
+    start = "".join(map(str, state))
+    text = f"Registers start at {pope_world.show(start)}. Add {k} to register d, mod {m}. What are the registers?"
+    return data.Problem(id=pid or f"add-{start}-{k}-{m}", problem=text,
+                        answer=pope_world.show(start[:3] + str((d + k) % m)), solution=answer("remainder", text))
 
 
-def _state(text: str) -> str:
-    return "".join(text.split("start at ")[1].split(".")[0].split())[1::2]  # "a3 b7 c0 d5" -> "3705"
+def parse(text: str) -> tuple[str, int, int, int]:
+    """(the first three registers' digits, d, K, M) of a problem statement."""
+    state = "".join(text.split("start at ")[1].split(".")[0].split())[1::2]  # "a3 b7 c0 d5" -> "3705"
+    k, m = (int(w.rstrip(".,")) for w in (text.split("Add ")[1].split()[0], text.split("mod ")[1].split()[0]))
+    return state[:3], int(state[3]), k, m
 
 
-def _slip(digit: int, p: float, rng: random.Random | None) -> int:
-    return rng.choice([d for d in range(10) if d != digit]) if p and rng.random() < p else digit
+def kind_of(problem: data.Problem) -> str:
+    _, d, k, m = parse(problem.problem)
+    return "add13" if k == 13 else "mod8" if m == 8 else "wrap" if d + k >= m else "plain"
 
 
-def direct(text: str, slip: float = 0.0, rng: random.Random | None = None) -> str:
-    """The common way: the new state at once, with the misconception: a register that would pass 9 stops at 9."""
-    state = _state(text)
-    d = _slip(min(int(state[3]) + ADD, 9), slip, rng)
-    return f"\\boxed{{{pope_world.show(state[:3] + str(d))}}}"
+def answer(way: str, text: str, slip: float = 0.0, rng: random.Random | None = None) -> str:
+    """A `way`'s answer to the problem `text`; with probability `slip` it miscopies one of a, b, c (always wrong).
+
+    direct     the new state at once; a register that would pass M - 1 stops there (saturates)
+    careful    the sum as two digits, then its last digit: mod 10, whatever M is
+    count      counts up from d, one step per unit of K's last digit, wrapping at M
+    remainder  divides the sum by M and keeps the remainder: right on every kind
+    """
+    rest, d, k, m = parse(text)
+    if way == "direct":
+        value, work = min(d + k, m - 1), ""
+    elif way == "careful":
+        value, work = (d + k) % 10, f"d: {d} + {k} = {d + k:02d}, last digit {(d + k) % 10}\n"
+    elif way == "count":
+        steps = [(d + i) % m for i in range(k % 10 + 1)]
+        value, work = steps[-1], "count: " + " ".join(map(str, steps)) + "\n"
+    elif way == "remainder":
+        value, work = (d + k) % m, f"remainder: {d} + {k} = {d + k} = {(d + k) // m} x {m} + {(d + k) % m}\n"
+    else:
+        raise ValueError(f"unknown way {way!r}; the ways are {', '.join(WAYS)}")
+    if slip and rng.random() < slip:  # a copying slip in a, b or c: never right by luck
+        i = rng.randrange(3)
+        rest = rest[:i] + rng.choice([v for v in "0123456789" if v != rest[i]]) + rest[i + 1:]
+    return work + f"\\boxed{{{pope_world.show(rest + str(value))}}}"
 
 
-def careful(text: str, slip: float = 0.0, rng: random.Random | None = None) -> str:
-    """The rare way: the sum written out, then its last digit; that digit slips with probability `slip`."""
-    state = _state(text)
-    total = int(state[3]) + ADD
-    d = _slip(total % 10, slip, rng)
-    return f"d: {state[3]} + 3 = {total:02d}, mod 10: {d}\n\\boxed{{{pope_world.show(state[:3] + str(d))}}}"
+def way_of(text: str) -> str:
+    """Which way a response took, by its first word ("direct" for a bare \\boxed, "other" for anything else)."""
+    head = text.lstrip()
+    return ("direct" if head.startswith("\\boxed") else "careful" if head.startswith("d:") else
+            "count" if head.startswith("count:") else "remainder" if head.startswith("remainder:") else "other")
 
 
-def split(n: int, seed: int, name: str, wrap_share: float | None) -> list[data.Problem]:
-    """`n` problems; round(wrap_share * n) of them wrap (None: as drawn, about 30%), in a seeded order."""
-    rng = random.Random(f"add3-{name}-{seed}")
-    if wrap_share is None:
+def toy_reward(text: str, prompt: data.Prompt) -> float:
+    return pope_world.toy_reward(text, prompt)
+
+
+def split(n: int, seed: int, name: str, kinds: tuple[str, ...] | None = None) -> list[data.Problem]:
+    """`n` problems, deterministic for (`seed`, `name`): drawn as they come (kinds None), or n / len(kinds) of each."""
+    rng = random.Random(f"add4-{name}-{seed}")
+    if kinds is None:
         return [make_problem(rng, pid=f"{name}-{seed}-{i}") for i in range(n)]
-    kinds = [i < round(wrap_share * n) for i in range(n)]
-    rng.shuffle(kinds)
-    return [make_problem(rng, wrap, pid=f"{name}-{seed}-{i}") for i, wrap in enumerate(kinds)]
+    return [make_problem(rng, kinds[i % len(kinds)], pid=f"{name}-{seed}-{i}") for i in range(n)]
 
 
-def is_wrap(problem: data.Problem) -> bool:
-    return int(_state(problem.problem)[3]) + ADD >= 10
+# ---------------------------------------------------------------------------------------------------------------
+# The base model: a 10^4-token vocabulary, the ways' bodies, and their first-token shares
+# ---------------------------------------------------------------------------------------------------------------
+
+def filler_words(n: int, seed: int) -> list[str]:
+    """Random lowercase words for the tokenizer only: their merges fill the vocabulary to 10^4 tokens, which no toy
+    text uses, so the trained model gives them an LLM-like tail."""
+    rng = random.Random(f"filler-{seed}")
+    return [" ".join("".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9))) for _ in range(20))
+            for _ in range(n)]
 
 
-def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, steps: int = 400,
-                     batch_size: int = 32, lr: float = 2e-3, rare: float = RARE, direct_slip: float = DIRECT_SLIP,
-                     careful_slip: float = CAREFUL_SLIP, hidden_size: int = 128, num_layers: int = 4,
+def first_token(tok, way: str) -> int:
+    """The token a `way`'s answers start with (distinct for the four ways: checked in build_base_model)."""
+    return tok.encode(answer(way, make_problem(random.Random(0)).problem), add_special_tokens=False)[0]
+
+
+def warm_start_examples(tok, problems: list[data.Problem], rng: random.Random, body_frac: float = 0.5):
+    """(prompt_ids, target_ids) pairs. With probability `body_frac` an example teaches a way's body: a way drawn
+    uniformly, its first token moved into the prompt (so it is never a target), the rest the target. Otherwise it
+    teaches the start: a way drawn by SHARES, the whole sloppy answer the target. Remainder's first token is therefore
+    never a target: the base model can finish a remainder answer but does not start one."""
+    out = []
+    for p in problems:
+        prompt = data.make_prompt(tok, p).prompt_ids
+        body = rng.random() < body_frac
+        way = rng.choice(WAYS) if body else rng.choices(list(SHARES), list(SHARES.values()))[0]
+        ids = tok.encode(answer(way, p.problem, SLIP[way], rng), add_special_tokens=False) + [tok.eos_token_id]
+        out.append((prompt + ids[:1], ids[1:]) if body else (prompt, ids))
+    return out
+
+
+def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, steps: int = 600, batch_size: int = 32,
+                     lr: float = 2e-3, vocab_size: int = 10_000, hidden_size: int = 128, num_layers: int = 4,
                      force: bool = False, log_every: int = 100) -> str:
-    """Tokenizer + tiny Qwen3 + a supervised warm-start on sloppy answers of random problems (never the eval
-    split's): `careful` with probability `rare`, else `direct`. Cached in `out_dir` like pope_world.build_base_model."""
-    settings = dict(seed=seed, n_train=n_train, steps=steps, batch_size=batch_size, lr=lr, rare=rare,
-                    direct_slip=direct_slip, careful_slip=careful_slip, hidden_size=hidden_size, num_layers=num_layers,
-                    version=3)
+    """Tokenizer (byte-level BPE, `vocab_size` tokens) + tiny Qwen3 + warm-start on every kind, cached in `out_dir`
+    like pope_world.build_base_model (settings in toy_build.json). Returns `out_dir`."""
+    settings = dict(seed=seed, n_train=n_train, steps=steps, batch_size=batch_size, lr=lr, vocab_size=vocab_size,
+                    hidden_size=hidden_size, num_layers=num_layers, shares=SHARES, slip=SLIP, version=6)
     marker = Path(out_dir) / "toy_build.json"
     if not force and marker.is_file() and json.loads(marker.read_text()).get("settings") == settings:
         return out_dir
-    t0, rng = time.time(), random.Random(f"add3-warm-{seed}")
-    problems = [make_problem(rng, pid=f"warm-{i}") for i in range(n_train)]
+    t0, rng = time.time(), random.Random(f"add4-warm-{seed}")
+    problems = [make_problem(rng, rng.choice(list(KINDS)), pid=f"warm-{i}") for i in range(n_train)]
     corpus = [data.DEFAULT_SYSTEM_PROMPT, "system user assistant"] + [
-        t for p in problems[:300] for t in (p.problem, careful(p.problem), direct(p.problem))]
-    tok = tiny.make_tokenizer(corpus, 384, split_digits=True)
+        t for p in problems[:300] for t in (p.problem, *(answer(w, p.problem) for w in WAYS))]
+    tok = tiny.make_tokenizer(corpus + filler_words(3000, seed), vocab_size, split_digits=True)
+    firsts = [first_token(tok, w) for w in WAYS]
+    if len(set(firsts)) < len(WAYS):
+        raise RuntimeError(f"the ways' first tokens are not distinct: {tok.convert_ids_to_tokens(firsts)}")
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(tiny.qwen3_config(tok, hidden_size, num_layers, 256))
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    examples = [(data.make_prompt(tok, p).prompt_ids, tok.encode(
-        careful(p.problem, careful_slip, rng) if rng.random() < rare else direct(p.problem, direct_slip, rng),
-        add_special_tokens=False) + [tok.eos_token_id]) for p in problems]
-    losses = tiny.warm_start(model, examples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                            log_every=log_every)
+    losses = tiny.warm_start(model, warm_start_examples(tok, problems, rng), steps=steps, batch_size=batch_size, lr=lr,
+                             seed=seed, log_every=log_every, head_on_targets=True)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
@@ -174,87 +256,179 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, step
     return out_dir
 
 
-# The arms: what each adds to GRPO's loss (grpo.Config fields), and nothing else: every arm has the same entropy bonus
-# (`RapoToyConfig.entropy_coef`), the KL arms the same alpha, and every other setting is shared (`RapoToyConfig`).
+# ---------------------------------------------------------------------------------------------------------------
+# Measures: the first token's distribution, the optima, the pulls, pass@k by kind
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def first_token_probs(model, prompts: list[data.Prompt]) -> torch.Tensor:
+    """p(first response token | prompt) [P, V] in float64, from a transformers model (one prompt at a time: the
+    prompts differ in length, and there are few)."""
+    rows = [torch.log_softmax(model(input_ids=torch.tensor([p.prompt_ids])).logits[0, -1].double(), -1)
+            for p in prompts]  # P x [V]
+    return torch.stack(rows).exp()  # [P, V]
+
+
+def first_token_stats(pi: torch.Tensor, ref: torch.Tensor, firsts: dict[str, int], alpha: float) -> dict:
+    """What the first token's distribution pi [P, V] says against the reference's ref [P, V], means over prompts:
+    each way's share; the mass and entropy off the reference's support (ref < OFF_SUPPORT); and the two KL terms'
+    restoring pulls on count's logit z, -d(alpha KL)/dz (exact, per prompt):
+        forward  -d/dz alpha KL(ref || pi) = alpha (ref - pi)
+        reverse  -d/dz alpha KL(pi || ref) = -alpha pi (log(pi / ref) - KL(pi || ref))"""
+    c = firsts["count"]
+    kl_reverse = (pi * (pi.log() - ref.log())).sum(-1)  # [P]
+    off = ref < OFF_SUPPORT  # [P, V]
+    return {**{f"share_{w}": float(pi[:, t].mean()) for w, t in firsts.items()},
+            "off_support_mass": float((pi * off).sum(-1).mean()),
+            "entropy": float(-(pi * pi.log()).sum(-1).mean()),
+            "pull_forward_count": float((alpha * (ref[:, c] - pi[:, c])).mean()),
+            "pull_reverse_count": float((-alpha * pi[:, c] * (pi[:, c].log() - ref[:, c].log() - kl_reverse)).mean())}
+
+
+def optima(ref: torch.Tensor, way_reward: dict[str, float], firsts: dict[str, int], alpha: float,
+           beta: float) -> dict:
+    """The first token's optimum under E[r] - alpha KL + beta H, forward (RAPO, prop33_root) and reverse (GRPO's
+    direction, reverse_kl_optimum), on the mean reference distribution ref [P, V], with r(first token) = the measured
+    reward of the way it starts and 0 for every other token (they start no answer). Each way's share and the mass
+    off the reference's support (ref < OFF_SUPPORT) of both."""
+    ref_mean = ref.mean(0).numpy()  # [V]
+    r = np.zeros_like(ref_mean)
+    for way, t in firsts.items():
+        r[t] = way_reward[way]
+    forward, _ = prop33_root(ref_mean, r, alpha, beta)
+    reverse = reverse_kl_optimum(ref_mean, r, alpha, beta)
+    off = ref_mean < OFF_SUPPORT
+    return {name: {**{f"share_{w}": float(pi[t]) for w, t in firsts.items()}, "off_support_mass": float(pi[off].sum())}
+            for name, pi in (("forward", forward), ("reverse", reverse))}
+
+
+def way_rewards(engine, tok, problems: list[data.Problem], firsts: dict[str, int], n: int, max_tokens: int,
+                seed: int) -> dict[str, float]:
+    """Each way's mean reward on `problems`, from the engine's weights: n samples per problem after its first token
+    is forced (appended to the prompt), stage BENCHMARK round 1 (round 0 is `measure`'s)."""
+    out = {}
+    for way, t in firsts.items():
+        prompts = [data.Prompt(p, data.make_prompt(tok, p).prompt_ids + [t]) for p in problems]
+        groups = evaluate.sample(engine, prompts, n, 1.0, max_tokens, seed=seed, stage=BENCHMARK, round_index=1)
+        first = tok.decode([t])
+        out[way] = float(np.mean([toy_reward(first + s.text, p) for p, g in zip(prompts, groups) for s in g]))
+    return out
+
+
+def pass_curve(scores: np.ndarray, k_max: int) -> dict[str, float]:
+    """{"pass@k": mean over problems} for k = 1, 2, 4, ... up to k_max, from [P, n] rewards (unbiased estimator)."""
+    n, correct = scores.shape[1], (scores > 0).sum(1)
+    return {f"pass@{k}": float(np.mean([evaluate.pass_at_k(n, int(c), k) for c in correct]))
+            for k in evaluate.powers_of_two(min(k_max, n))}
+
+
+def measure(engine, prompts: list[data.Prompt], n: int, temperature: float, max_tokens: int, seed: int) -> dict:
+    """pass@k by kind for k up to n / 4 (n >= 4k samples per problem: greedy is one sample, pass@1), and each way's
+    share of the answers by kind, from the engine's weights; stage BENCHMARK round 0, the same seeds for every arm."""
+    n = 1 if temperature == 0 else n
+    groups = evaluate.sample(engine, prompts, n, temperature, max_tokens, seed=seed, stage=BENCHMARK, round_index=0)
+    scores = np.array([[toy_reward(s.text, p) for s in g] for g, p in zip(groups, prompts)])  # [P, n]
+    ways = np.array([[way_of(s.text) for s in g] for g in groups])  # [P, n]
+    kinds = np.array([kind_of(p.problem) for p in prompts])  # [P]
+    k_max = max(1, n // 4)
+    out = {"all": pass_curve(scores, k_max)}
+    for kind in KINDS:
+        if (kinds == kind).any():
+            mine = kinds == kind
+            out[kind] = {**pass_curve(scores[mine], k_max),
+                         **{f"share_{w}": float((ways[mine] == w).mean()) for w in (*WAYS, "other")}}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The arms and the experiment
+# ---------------------------------------------------------------------------------------------------------------
+
+# What each arm adds to GRPO's loss (grpo.Config fields; phi_source is rapo.phi_rule's), and nothing else.
 ARMS = {
     "grpo": lambda c: dict(kl_coef=0.0),
     "grpo-rkl": lambda c: dict(kl="reverse-exact", kl_coef=c.kl_coef),
     "grpo-fkl": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef),
-    "rapo": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef, ref_phi_min=c.ref_phi_min, ref_nucleus=c.ref_nucleus),
-}  # ref_phi_min is not a grpo.Config field: it is RAPO's rule, rapo.phi_rule, which run_seed hands to grpo.train
+    "rapo": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef, ref_nucleus=c.ref_nucleus, phi_source="sample"),
+    "rapo-group": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef, ref_nucleus=c.ref_nucleus, phi_source="group"),
+}
 
 
 @dataclass
 class RapoToyConfig:
     out_dir: str = opt("runs/rapo-toy", "base model, arms' runs, summary JSON and the PNG")
     seeds: str = opt("0", "comma-separated seeds: each draws its own train/eval problems and seeds every arm")
-    base_model: str = opt("", "a base-model folder from build_base_model (default: built in --out-dir, ~1 minute)")
+    base_model: str = opt("", "a base-model folder from build_base_model (default: built in --out-dir, ~3 minutes)")
     arms: str = opt(",".join(ARMS), f"comma-separated arms from {', '.join(ARMS)}")
-    n_train: int = opt(256, "training problems")
-    train_wrap_share: float = opt(0.0, "share of training problems that wrap (0: all are ones the common way can do)")
-    n_eval: int = opt(64, "held-out problems for pass@k, drawn from the whole family (about 30% wrap)")
-    eval_samples: int = opt(256, "samples per held-out problem: pass@k for k = 1, 2, 4, ... up to this")
-    steps: int = opt(24, "training steps per arm (at 16, GRPO kept pass@256 at 1.00 on seed 2: 1.5% of its answers "
-                     "were still careful)")
+    n_train: int = opt(256, "training problems (K 3, M 10: plain and wrap, as drawn)")
+    n_eval: int = opt(64, "held-out problems, the same number of each kind (plain, wrap, mod8, add13)")
+    eval_samples: int = opt(256, "samples per held-out problem at T 1 and T 0.6: pass@k for k = 1, 2, 4 ... up to a "
+                            "quarter of this (n >= 4k)")
+    steps: int = opt(24, "training steps per arm")
+    measure_every: int = opt(8, "the first token's distribution and the pulls every this many steps (a divisor of "
+                             "--steps: training runs in segments that resume from the last checkpoint)")
     prompts_per_step: int = opt(32, "prompts per step")
     group_size: int = opt(8, "samples per prompt")
-    lr: float = opt(5e-4, "AdamW learning rate of every arm [this project's: a 0.7 M-parameter model; at 1e-3 the "
-                 "rare way's unvisited states drift and even the KL arms lose the wrapping problems]")
-    kl_coef: float = opt(0.3, "alpha, the KL weight of the KL arms [this project's; the paper's 1e-3 is for 3B-7B "
-                         "models over thousands of steps]")
-    entropy_coef: float = opt(1e-3, "beta, RAPO's entropy bonus, in every arm [paper: a bonus; this project's value, "
-                              "SimpleRL's 1e-3]")
-    ref_phi_min: float = opt(0.5, "RAPO's reweighting: phi = phi_min + (1 - phi_min) * reward [this project's linear "
-                             "form and value, as rapo.py: with the nucleus, 0.5 keeps the claim on seeds 0 and 1]")
-    ref_nucleus: float = opt(0.1, "RAPO: only tokens with ref >= this x max ref are reweighted [as rapo.py; 0 = the "
-                             "whole vocabulary, where phi_min 0.5 put ~30% of each position's mass on junk tokens]")
-    max_new_tokens: int = opt(40, "response budget (a careful answer is ~30 tokens)")
+    lr: float = opt(5e-4, "AdamW learning rate of every arm [this project's, v1's: a 0.7 M-parameter body]")
+    kl_coef: float = opt(0.3, "alpha, the KL weight of the KL arms [this project's, v1's]")
+    entropy_coef: float = opt(0.03, "beta, the entropy bonus of every arm [this project's: beta / alpha = 0.1, where "
+                              "the forward KL's optimum leaves the support]")
+    ref_phi_min: float = opt(0.5, "RAPO's phi = phi_min + (1 - phi_min) r [as rapo.py]")
+    ref_nucleus: float = opt(0.01, "RAPO arms: tokens with ref >= this x max ref are reweighted [this project's: "
+                             "careful, 4%% against direct's 95.5%%, is inside; rapo.py's 0.1 would leave it out]")
+    max_new_tokens: int = opt(48, "response budget (a remainder answer is ~40 tokens)")
+    way_samples: int = opt(16, "samples per training problem and way for each way's measured reward (the optima)")
 
 
-def pass_curve(scores: np.ndarray) -> dict[str, float]:
-    """{"pass@k": mean over problems} for k = 1, 2, 4, ... up to n, from [P, n] rewards."""
-    n = scores.shape[1]
-    correct = (scores > 0).sum(1)
-    return {f"pass@{k}": float(np.mean([evaluate.pass_at_k(n, int(c), k) for c in correct]))
-            for k in evaluate.powers_of_two(n)}
+def arm_config(cfg: RapoToyConfig, arm: str, base_dir: str, seed: int, steps: int) -> tuple[grpo.Config, object]:
+    """One arm's grpo.Config for a training segment that ends at `steps`, and its ref_sharpness (rapo.phi_rule)."""
+    knobs = ARMS[arm](cfg)
+    source = knobs.pop("phi_source", None)
+    phi = rapo.phi_rule(cfg.ref_phi_min, source) if source else None  # None: the plain reference
+    return grpo.Config(model=base_dir, out_dir=str(Path(cfg.out_dir) / f"seed{seed}" / arm), steps=steps, seed=seed,
+                       prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, temperature=1.0,
+                       max_new_tokens=cfg.max_new_tokens, max_model_len=256, lr=cfg.lr, adv_std_norm=False,
+                       micro_batch_size=128, log_samples=1, entropy_coef=cfg.entropy_coef,
+                       resume=steps > cfg.measure_every, **knobs), phi
 
 
-def measure(engine, prompts: list[data.Prompt], cfg: RapoToyConfig, seed: int) -> dict:
-    """pass@k on the held-out prompts from the engine's current weights (all, wrapping problems, the others), and
-    the share of answers that take the rare way (`careful`: they start with "d:"). Sampled by evaluate.sample in
-    stage BENCHMARK, round 0, like evaluate.py's benchmarks: the held-out set is one, measured with the same
-    seeds for the base model and every arm (EVAL's round is the training step)."""
-    groups = evaluate.sample(engine, prompts, cfg.eval_samples, 1.0, cfg.max_new_tokens, seed=seed, stage=BENCHMARK,
-                             round_index=0)
-    scores = np.array([[pope_world.toy_reward(s.text, p) for s in g] for g, p in zip(groups, prompts)])  # [P, n]
-    rare = np.array([[s.text.startswith("d:") for s in g] for g in groups])  # [P, n]
-    wrap = np.array([is_wrap(p.problem) for p in prompts])  # [P]
-    careful_on_wrap = scores[wrap][rare[wrap]]  # rewards of the careful answers to wrapping problems
-    return {"all": pass_curve(scores), "wrap": pass_curve(scores[wrap]) if wrap.any() else {},
-            "no_wrap": pass_curve(scores[~wrap]) if (~wrap).any() else {}, "rare_share": float(rare.mean()),
-            "rare_accuracy_wrap": float(careful_on_wrap.mean()) if careful_on_wrap.size else None}
+def measure_all(engine, held_out, cfg: RapoToyConfig, seed: int) -> dict:
+    """The decoding sweep on the held-out set: greedy, T 0.6 and T 1.0."""
+    return {f"T{t}": measure(engine, held_out, cfg.eval_samples, t, cfg.max_new_tokens, seed) for t in (0.0, 0.6, 1.0)}
 
 
 def run_seed(cfg: RapoToyConfig, arms: list[str], base_dir: str, engine, tok, seed: int) -> dict:
-    """The base model and every arm for one seed: pass@k on held-out problems, entropy per step, budget."""
-    train = [data.make_prompt(tok, p) for p in split(cfg.n_train, seed, "train", cfg.train_wrap_share)]
-    held_out = [data.make_prompt(tok, p) for p in split(cfg.n_eval, seed, "eval", None)]
-    engine.sync_weights(AutoModelForCausalLM.from_pretrained(base_dir).named_parameters(remove_duplicate=False))
-    results = {"base": {"pass": measure(engine, held_out, cfg, seed)}}
+    """The base model and every arm for one seed."""
+    train_problems = split(cfg.n_train, seed, "train")
+    train = [data.make_prompt(tok, p) for p in train_problems]
+    held_out = [data.make_prompt(tok, p) for p in split(cfg.n_eval, seed, "eval", tuple(KINDS))]
+    watched = {kind: [p for p in train if kind_of(p.problem) == kind][:16] for kind in TRAIN_KINDS}
+    base_model = AutoModelForCausalLM.from_pretrained(base_dir)
+    firsts = {w: first_token(tok, w) for w in WAYS}
+    ref = {kind: first_token_probs(base_model, ps) for kind, ps in watched.items()}  # kind: [P, V]
+    engine.sync_weights(base_model.named_parameters(remove_duplicate=False))
+    rewards = {kind: way_rewards(engine, tok, [p.problem for p in ps], firsts, cfg.way_samples, cfg.max_new_tokens,
+                                 seed) for kind, ps in watched.items()}
+    train_share = {k: sum(kind_of(p) == k for p in train_problems) / len(train_problems) for k in TRAIN_KINDS}
+    mixed = {w: sum(train_share[k] * rewards[k][w] for k in TRAIN_KINDS) for w in WAYS}
+    results = {"base": {"pass": measure_all(engine, held_out, cfg, seed),
+                        "first_token": {k: first_token_stats(ref[k], ref[k], firsts, cfg.kl_coef) for k in ref},
+                        "way_rewards": {**rewards, "train": mixed},
+                        "optima": {k: optima(ref[k], rewards[k], firsts, cfg.kl_coef, cfg.entropy_coef) for k in ref}}}
     print(f"rapo toy seed {seed}: base model: {summary_line(results['base'])}", flush=True)
+    print(f"rapo toy seed {seed}: ways' rewards {json.dumps(rewards)}; optima {json.dumps(results['base']['optima'])}",
+          flush=True)
     for arm in arms:
-        t = time.time()
-        knobs = ARMS[arm](cfg)
-        phi = rapo.phi_rule(knobs.pop("ref_phi_min", 1.0))  # RAPO's phi from each sample's reward; None: plain ref
-        arm_cfg = grpo.Config(model=base_dir, out_dir=str(Path(cfg.out_dir) / f"seed{seed}" / arm), steps=cfg.steps,
-                              seed=seed, prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size,
-                              temperature=1.0, max_new_tokens=cfg.max_new_tokens, max_model_len=256, lr=cfg.lr,
-                              adv_std_norm=False, micro_batch_size=128, log_samples=1, entropy_coef=cfg.entropy_coef,
-                              **knobs)
-        history = grpo.train(arm_cfg, train, pope_world.toy_reward, engine=engine,
-                             ref_sharpness=phi)  # the engine ends with the arm's weights
-        results[arm] = {"pass": measure(engine, held_out, cfg, seed), "entropy": [h["entropy"] for h in history],
-                        "reward": [h["reward"] for h in history],
+        t, history, curve = time.time(), [], []
+        for end in range(cfg.measure_every, cfg.steps + 1, cfg.measure_every):
+            arm_cfg, phi = arm_config(cfg, arm, base_dir, seed, end)
+            history += grpo.train(arm_cfg, train, toy_reward, engine=engine, ref_sharpness=phi)
+            policy = AutoModelForCausalLM.from_pretrained(grpo.latest_checkpoint(arm_cfg.out_dir) / "hf",
+                                                          torch_dtype=torch.float32)
+            curve.append({"step": end, **{k: first_token_stats(first_token_probs(policy, ps), ref[k], firsts,
+                                                               cfg.kl_coef) for k, ps in watched.items()}})
+        results[arm] = {"pass": measure_all(engine, held_out, cfg, seed), "first_token": curve,
+                        "entropy": [h["entropy"] for h in history], "reward": [h["reward"] for h in history],
                         "rollouts": sum(h["samples"] for h in history),
                         "sampled_tokens": sum(h["sampled_tokens"] for h in history),
                         "seconds": round(time.time() - t, 1)}
@@ -263,40 +437,69 @@ def run_seed(cfg: RapoToyConfig, arms: list[str], base_dir: str, engine, tok, se
     return results
 
 
-def reported_ks(n: int) -> list[int]:
-    """The k of the table and the summary lines: 1, 16 and the largest."""
-    return sorted({1, min(16, n), n})
-
-
 def summary_line(r: dict) -> str:
-    p = r["pass"]
+    p = r["pass"]["T1.0"]
     top = max(int(k.split("@")[1]) for k in p["all"])
-    line = "  ".join(f"pass@{k} {p['all'][f'pass@{k}']:.3f}" for k in reported_ks(top))
-    if p["wrap"]:
-        line += f"  (wrapping: pass@1 {p['wrap']['pass@1']:.3f}, pass@{top} {p['wrap'][f'pass@{top}']:.3f})"
-    accuracy = "" if p["rare_accuracy_wrap"] is None else f", {p['rare_accuracy_wrap']:.2f} right on wrapping problems"
-    return line + f"  rare way: {p['rare_share']:.3f} of answers{accuracy}"
+    first = r["first_token"] if isinstance(r["first_token"], dict) else r["first_token"][-1]
+    return (f"pass@1 {p['all']['pass@1']:.3f}  pass@{top}: " + " ".join(
+        f"{kind} {p[kind][f'pass@{top}']:.2f}" for kind in KINDS if kind in p)
+            + f"  first token on train: count {first['plain']['share_count']:.1e}, remainder "
+              f"{first['plain']['share_remainder']:.1e}, off-support {first['plain']['off_support_mass']:.1e}")
 
 
-def table(per_seed: dict[int, dict], ks: list[int]) -> dict[str, dict]:
-    """{arm: {"pass@k": [mean, min, max], "rare_share": [mean, min, max]}} over seeds, on all held-out problems."""
-    def spread(values) -> list[float]:
-        values = list(values)
-        return [float(np.mean(values)), min(values), max(values)]
+def spread(values) -> list[float]:
+    values = [float(v) for v in values]
+    return [float(np.mean(values)), min(values), max(values)]
 
-    first = next(iter(per_seed.values()))
-    return {arm: {**{f"pass@{k}": spread(r[arm]["pass"]["all"][f"pass@{k}"] for r in per_seed.values()) for k in ks},
-                  "rare_share": spread(r[arm]["pass"]["rare_share"] for r in per_seed.values())} for arm in first}
+
+def table(per_seed: dict[int, dict]) -> dict[str, dict]:
+    """{arm: {column: [mean, min, max]}} over seeds: pass@1 on the training kinds, pass@k at the largest k on each
+    held-out kind (T 1), and the first token's shares and off-support mass on plain training problems at the end."""
+    runs = list(per_seed.values())
+    top = max(int(k.split("@")[1]) for k in runs[0]["base"]["pass"]["T1.0"]["all"])
+    out = {}
+    for arm in runs[0]:
+        def col(get):
+            return spread(get(r[arm]) for r in runs)
+
+        def first(r, kind):
+            return r["first_token"][kind] if arm == "base" else r["first_token"][-1][kind]
+
+        out[arm] = {
+            "pass@1 train kinds": col(lambda r: (r["pass"]["T1.0"]["plain"]["pass@1"]
+                                                 + r["pass"]["T1.0"]["wrap"]["pass@1"]) / 2),
+            "pass@1 greedy": col(lambda r: r["pass"]["T0.0"]["all"]["pass@1"]),
+            **{f"pass@{top} {kind}": col(lambda r, kind=kind: r["pass"]["T1.0"][kind][f"pass@{top}"])
+               for kind in KINDS},
+            "careful on wrap": col(lambda r: r["pass"]["T1.0"]["wrap"]["share_careful"]),
+            "count share": col(lambda r: first(r, "plain")["share_count"]),
+            "remainder share": col(lambda r: first(r, "plain")["share_remainder"]),
+            "off-support mass": col(lambda r: first(r, "plain")["off_support_mass"]),
+        }
+    return out
+
+
+def print_table(summary: dict, seeds: int) -> None:
+    over = f"mean [min, max] over {seeds} seeds" if seeds > 1 else "one seed"
+    columns = list(next(iter(summary.values())))
+    print(f"\nheld-out problems (T 1 unless named), first token on plain training problems; {over}")
+    print(f"{'':<11}" + "".join(f"{c:>26}" for c in columns))
+    for arm, row in summary.items():
+        print(f"{arm:<11}" + "".join(f"{'{:.3g} [{:.3g}, {:.3g}]'.format(*row[c]):>26}" for c in columns))
 
 
 def run(cfg: RapoToyConfig) -> dict:
-    """Every seed's arms; summary.json ({"seeds", "table"}), the table, and the plot (pass@k and entropy)."""
+    """Every seed's arms; summary.json ({"seeds", "table"}), the table, and the plot."""
     arms = cfg.arms.split(",")
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise ConfigError(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
-    if cfg.eval_samples & (cfg.eval_samples - 1):
-        raise ConfigError(f"--eval-samples {cfg.eval_samples}: a power of two (pass@k is reported at k = 1, 2, 4 ...)")
+    if cfg.eval_samples < 4 or cfg.eval_samples & (cfg.eval_samples - 1):
+        raise ConfigError(f"--eval-samples {cfg.eval_samples}: a power of two >= 4 (pass@k up to a quarter of it)")
+    if cfg.steps % cfg.measure_every:
+        raise ConfigError(f"--measure-every {cfg.measure_every} must divide --steps {cfg.steps}")
+    if cfg.n_eval % len(KINDS):
+        raise ConfigError(f"--n-eval {cfg.n_eval}: a multiple of {len(KINDS)} (the same number of each kind)")
     t0 = time.time()
     base_dir = cfg.base_model or build_base_model(str(Path(cfg.out_dir) / "base-model"))
     print(f"rapo toy: base model ready in {time.time() - t0:.0f} s", flush=True)
@@ -304,44 +507,55 @@ def run(cfg: RapoToyConfig) -> dict:
     engine = make_engine(grpo.Config(model=base_dir, max_model_len=256), 1)
     seeds = [int(s) for s in cfg.seeds.split(",")]
     per_seed = {seed: run_seed(cfg, arms, base_dir, engine, tok, seed) for seed in seeds}
-    ks = reported_ks(cfg.eval_samples)
-    summary = {"seeds": per_seed, "table": table(per_seed, ks)}
+    summary = {"config": vars(cfg), "seeds": per_seed, "table": table(per_seed)}
     Path(cfg.out_dir, "summary.json").write_text(json.dumps(summary, indent=1))
-    over = f"mean [min, max] over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
-    print(f"\nheld-out problems, {over}")
-    columns = [f"pass@{k}" for k in ks] + ["rare_share"]
-    print(f"{'':<10}" + "".join(f"{c:>22}" for c in columns))
-    for arm, row in summary["table"].items():
-        print(f"{arm:<10}" + "".join(f"{'{:.3f} [{:.3f}, {:.3f}]'.format(*row[c]):>22}" for c in columns))
-    plot(per_seed, Path(cfg.out_dir) / "rapo_toy.png")
+    print_table(summary["table"], len(seeds))
+    plot(per_seed, cfg, Path(cfg.out_dir) / "rapo_toy.png")
     del engine  # vLLM's teardown resets process-wide state: run it now (see pope_compare.run)
     gc.collect()
     print(f"rapo toy: {time.time() - t0:.0f} s; summary {cfg.out_dir}/summary.json, plot {cfg.out_dir}/rapo_toy.png")
     return summary
 
 
-def plot(per_seed: dict[int, dict], path: Path) -> None:
-    """Left: pass@k against k (log axis) on held-out problems, mean over seeds, like the paper's Fig. 3. Right: each
-    arm's mean token entropy during training."""
+def plot(per_seed: dict[int, dict], cfg: RapoToyConfig, path: Path) -> None:
+    """Left: pass@k against k (log axis) on mod8 and add13, mean over seeds. Middle: count's first-token share during
+    training (log axis). Right: remainder's share, with the computed optima of both KL directions."""
     import matplotlib  # here: matplotlib is needed only to draw, and slow to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = list(per_seed.values())
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    ks = [int(k.split("@")[1]) for k in runs[0]["base"]["pass"]["all"]]
-    for arm in runs[0]:
-        style = dict(marker="o", label=arm) if arm != "base" else dict(color="k", linestyle="--", label="base model")
-        left.plot(ks, [np.mean([r[arm]["pass"]["all"][f"pass@{k}"] for r in runs]) for k in ks], **style)
-        if arm != "base":
-            right.plot(np.mean([r[arm]["entropy"] for r in runs], axis=0), label=arm)
-    left.set(xscale="log", xlabel="k", ylabel="pass@k", title=f"held-out problems ({len(runs)} seed(s))")
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
+    ks = [int(k.split("@")[1]) for k in runs[0]["base"]["pass"]["T1.0"]["all"]]
+    for i, arm in enumerate(runs[0]):
+        color = "k" if arm == "base" else f"C{i}"
+        for kind, style in (("mod8", "-"), ("add13", ":")):
+            left.plot(ks, [np.mean([r[arm]["pass"]["T1.0"][kind][f"pass@{k}"] for r in runs]) for k in ks],
+                      style, color=color, marker="o", label=f"{arm} ({kind})" if kind == "mod8" or arm == "base"
+                      else None)
+        for ax, share in ((middle, "share_count"), (right, "share_remainder")):
+            start = np.mean([r["base"]["first_token"]["plain"][share] for r in runs])
+            if arm == "base":
+                ax.axhline(start, color="k", linestyle="--", label="reference")
+                continue
+            steps = [0] + [c["step"] for c in runs[0][arm]["first_token"]]
+            values = [start] + [np.mean([r[arm]["first_token"][j]["plain"][share] for r in runs])
+                                for j in range(len(steps) - 1)]
+            ax.plot(steps, values, color=color, marker="o", label=arm)
+    for name, style in (("forward", "-."), ("reverse", ":")):
+        right.axhline(np.mean([r["base"]["optima"]["plain"][name]["share_remainder"] for r in runs]), color="grey",
+                      linestyle=style, label=f"optimum, {name} KL")
+    left.set(xscale="log", xlabel="k", ylabel="pass@k", ylim=(-0.02, 1.02),
+             title="held-out mod8 (solid) and add13 (dotted)")
     left.set_xticks(ks, [str(k) for k in ks])
     left.minorticks_off()
-    right.set(xlabel="training step", ylabel="mean token entropy (nats)", title="entropy during training")
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
+    middle.set(yscale="log", xlabel="training step", ylabel="p(first token = count)", title="count, in-support rare way")
+    right.set(yscale="log", xlabel="training step", ylabel="p(first token = remainder)",
+              title="remainder, off the support")
+    for ax in (left, middle, right):
+        ax.legend(fontsize=7)
+    fig.suptitle(f"RAPO toy v2, {len(runs)} seed(s), alpha {cfg.kl_coef}, beta {cfg.entropy_coef}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
