@@ -74,6 +74,13 @@ P5  Reweighting lifts careful on wrap: rapo's careful share on wrap problems and
     every seed (falsified if not on 2 of 3); rapo-group vs rapo: no prediction (measured).
 P6  pass@1 on the training kinds: grpo >= every KL arm (the KL costs pass@1); at large k on the held-out set the
     order is the reverse. (Falsified if a KL arm beats grpo's plain+wrap pass@1 on 2 of 3 seeds.)
+P7  (Added after the first arm's result, GRPO on seed 0, whose entropy went to log 10^4 = 9.2 nats in 13 steps,
+    and before any KL arm's: the entropy bonus, unanchored, lifts every tail token.) Per position, the stationary point
+    of the entropy bonus with each KL, on a token the reference gives ref ~ e^-16 and no reward reaches: forward,
+    log pi = -alpha / beta - H = -10, so 10^4 such tokens hold ~0.45 of the mass; reverse, log pi ~ alpha / (alpha +
+    beta) log ref = -14.5, ~0.005. So grpo-fkl, rapo and rapo-group will drift towards junk (off-support mass on the
+    first token > 0.05 by step 24) and grpo-rkl will not (< 0.01). (Falsified if grpo-fkl's off-support mass < 0.01,
+    or grpo-rkl's > 0.05.)
 
 Deliberately left out: the paper's models, data and k up to 1024 by default (--eval-samples 1024 gives k = 256);
 sampled KL estimators (the exact sums isolate the direction); training on the held-out kinds.
