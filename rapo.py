@@ -42,8 +42,8 @@ for everything else (group 8, lr 5e-7, clip 0.2, 1024 prompts per step in 4 mini
 Why the reweighting tempers only the reference's nucleus (`grpo.reweighted_reference`, --ref-nucleus 0.1, this
 project's): ref^phi / Z over the whole vocabulary lifts every token the reference rules out. At Qwen's 151,936
 tokens with tail log-probs near -20, ref^0.5 / Z put 87% of a position's mass on tokens the reference gives < 1e-4
-and added 10 nats of entropy (bench/bench_reweighting.py); in the toy (toys/rapo_world.py, 384 tokens) it took ~30% and
-pass@1 fell from 0.59 to 0.15. Tempering only the tokens with ref >= 0.1 x max ref keeps the tail at the
+and added 10 nats of entropy (bench/bench_reweighting.py); in the first toy (toys/rapo_world.py v1, 384 tokens) it took
+~30% and pass@1 fell from 0.59 to 0.15. Tempering only the tokens with ref >= 0.1 x max ref keeps the tail at the
 reference's own share for every phi, and added at most 0.25 nats on the bench's heads for every phi in (0, 1],
 which is why phi_min 0.5 is safe with it. Each step logs what the reweighting did (ref_hat_tail, ref_hat_entropy_gain,
 over the reweighted tokens) and the run stops past --ref-hat-max-tail / --ref-hat-max-entropy-gain.

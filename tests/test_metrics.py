@@ -2,9 +2,9 @@
 through the function the trainer and the toys call: solvability at k and pass@k (evaluate.solvability,
 evaluate.summarize, rapo_world.measure), the ways' shares, the hard-set threshold of mining and the prefix search
 and their sampling cost (pope.mine_hard, pope.find_prefixes), rollouts and sampled tokens per step and per arm
-(grpo.step_metrics, pope_compare.run_seed; rapo_world's in tests/test_toys_rapo.py), clip fractions (grpo.grpo_loss -> step_metrics),
-the vLLM-vs-trainer logprob gap (grpo.update -> step_metrics), and the learning rate the optimizer really gets
-under each --lr-schedule (grpo.train, pope.PopeConfig's default).
+(grpo.step_metrics, pope_compare.run_seed; rapo_world's in tests/test_toys_rapo.py), clip fractions
+(grpo.grpo_loss -> step_metrics), the vLLM-vs-trainer logprob gap (grpo.update -> step_metrics), and the learning
+rate the optimizer really gets under each --lr-schedule (grpo.train, pope.PopeConfig's default).
 
 Sampling is scripted (`ScriptedEngine`: chosen texts and lengths), so every number below is exact."""
 
@@ -103,7 +103,8 @@ def test_rapo_toy_measure_gives_pass_at_k_and_the_ways_shares_by_kind():
     """rapo_world.measure on 2 held-out problems, n = 4 answers each, written by hand:
         wrap:   careful, careful with a miscopy, direct, direct   -> rewards 1 0 0 0
         add13:  remainder, direct, direct, direct                 -> rewards 1 0 0 0
-    pass@k for k up to n / 4 = 1: 1/4 on each kind and overall; careful's share on wrap 1/2, remainder's on add13 1/4."""
+    pass@k for k up to n / 4 = 1: 1/4 on each kind and overall; careful's share on wrap 1/2, remainder's on add13
+    1/4."""
     rng = random.Random(0)
     wrap, add13 = rapo_world.make_problem(rng, "wrap"), rapo_world.make_problem(rng, "add13")
     answers = {0: [rapo_world.answer("careful", wrap.problem), rapo_world.answer("careful", wrap.problem, 1.0, rng)]

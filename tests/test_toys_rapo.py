@@ -114,7 +114,8 @@ def test_rapo_toy_runs_end_to_end_with_equal_budgets(tmp_path) -> None:
                                        num_layers=2, vocab_size=1000, log_every=0)
     rapo_world.main(["--base-model", base, "--out-dir", str(tmp_path), "--seeds", "0,1", "--steps", "2",
                      "--measure-every", "1", "--n-train", "8", "--n-eval", "4", "--eval-samples", "4",
-                     "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8", "--way-samples", "2"])
+                     "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8", "--way-samples", "2",
+                     "--temperatures", "0,0.6,1"])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary["seeds"]) == ["0", "1"] and set(summary["table"]) == {"base", *rapo_world.ARMS}
     runs = summary["seeds"]["0"]
@@ -126,7 +127,7 @@ def test_rapo_toy_runs_end_to_end_with_equal_budgets(tmp_path) -> None:
     assert all(r["sampled_tokens"] > 0 and len(r["entropy"]) == 2 for r in arms.values())
     assert all([c["step"] for c in r["first_token"]] == [1, 2] for r in arms.values())
     assert set(runs["base"]["optima"]["plain"]) == {"forward", "reverse"}
-    mean, low, high = summary["table"]["rapo"]["count share"]
+    mean, low, high = summary["table"]["rapo"]["count first"]
     assert low <= mean <= high
     assert matplotlib.image.imread(tmp_path / "rapo_toy.png").shape[0] > 100
 

@@ -29,9 +29,10 @@ Each way is a procedure with its own blind spot (`answer`), so which ways are ri
     mod8     K 3, M 8, d + 3 >= 8              -       -        right  right     (careful takes the last digit)
     add13    K 13, M 8, d != 2                 -       -        -      right     (count counts K's last digit)
 
-and each miscopies a register at its own rate (SLIP: 0.1, 0.3, 0.5, 0.1; a miscopy is never right by luck). The base model starts its answers with direct,
-careful and count in the shares 95.5%, 4% and 0.5% (SHARES), and never with remainder: its warm-start teaches each
-way's body given its first token, and, separately, how often to start each way; remainder's first token is never a
+and each miscopies a register at its own rate (SLIP: 0.1, 0.3, 0.5, 0.1; a miscopy is never right by luck). The
+base model starts its answers with direct, careful and count in the shares 95.5%, 4% and 0.5% (SHARES), and never
+with remainder: its warm-start teaches each way's body given its first token, and, separately, how often to start
+each way; remainder's first token is never a
 target (`warm_start_examples`), so its probability is the tail's, ~1e-7 (measured by `python toys/rapo_world.py
 --measure-only`). The training problems are plain and wrap (as drawn, ~30% wrap); the held-out problems are 16 of
 each kind. So each claim has its own place:
@@ -383,6 +384,8 @@ class RapoToyConfig:
     ref_phi_min: float = opt(0.5, "RAPO's phi = phi_min + (1 - phi_min) r [as rapo.py]")
     ref_nucleus: float = opt(0.01, "RAPO arms: tokens with ref >= this x max ref are reweighted [this project's: "
                              "careful, 4%% against direct's 95.5%%, is inside; rapo.py's 0.1 would leave it out]")
+    temperatures: str = opt("1.0", "the held-out set's decoding sweep, comma-separated (0 = greedy; the table's: "
+                            "0,0.6,1.0); T 1, the training temperature, must be among them")
     max_new_tokens: int = opt(48, "response budget (a remainder answer is ~40 tokens)")
     way_samples: int = opt(16, "samples per training problem and way for each way's measured reward (the optima)")
 
@@ -400,8 +403,9 @@ def arm_config(cfg: RapoToyConfig, arm: str, base_dir: str, seed: int, steps: in
 
 
 def measure_all(engine, held_out, cfg: RapoToyConfig, seed: int) -> dict:
-    """The decoding sweep on the held-out set: greedy, T 0.6 and T 1.0."""
-    return {f"T{t}": measure(engine, held_out, cfg.eval_samples, t, cfg.max_new_tokens, seed) for t in (0.0, 0.6, 1.0)}
+    """The decoding sweep on the held-out set, at each of --temperatures (0: greedy)."""
+    return {f"T{float(t)}": measure(engine, held_out, cfg.eval_samples, float(t), cfg.max_new_tokens, seed)
+            for t in cfg.temperatures.split(",")}
 
 
 def run_seed(cfg: RapoToyConfig, arms: list[str], base_dir: str, engine, tok, seed: int) -> dict:
@@ -460,8 +464,9 @@ def spread(values) -> list[float]:
 
 
 def table(per_seed: dict[int, dict]) -> dict[str, dict]:
-    """{arm: {column: [mean, min, max]}} over seeds: pass@1 on the training kinds, pass@k at the largest k on each
-    held-out kind (T 1), and the first token's shares and off-support mass on plain training problems at the end."""
+    """{arm: {column: [mean, min, max]}} over seeds: pass@1 on the training kinds and on wrap, pass@k at the largest
+    k on mod8 and add13 (T 1), pass@1 at the other temperatures, careful's share of the answers on wrap, and the
+    first token at the end on wrap training problems: count's and remainder's shares and the off-support mass."""
     runs = list(per_seed.values())
     top = max(int(k.split("@")[1]) for k in runs[0]["base"]["pass"]["T1.0"]["all"])
     out = {}
@@ -469,19 +474,21 @@ def table(per_seed: dict[int, dict]) -> dict[str, dict]:
         def col(get):
             return spread(get(r[arm]) for r in runs)
 
-        def first(r, kind):
-            return r["first_token"][kind] if arm == "base" else r["first_token"][-1][kind]
+        def first(r):  # the first token on wrap training problems: the base model's, or at the arm's last step
+            return r["first_token"]["wrap"] if arm == "base" else r["first_token"][-1]["wrap"]
 
+        t1 = lambda r: r["pass"]["T1.0"]  # noqa: E731
         out[arm] = {
-            "pass@1 train kinds": col(lambda r: (r["pass"]["T1.0"]["plain"]["pass@1"]
-                                                 + r["pass"]["T1.0"]["wrap"]["pass@1"]) / 2),
-            "pass@1 greedy": col(lambda r: r["pass"]["T0.0"]["all"]["pass@1"]),
-            **{f"pass@{top} {kind}": col(lambda r, kind=kind: r["pass"]["T1.0"][kind][f"pass@{top}"])
-               for kind in KINDS},
-            "careful on wrap": col(lambda r: r["pass"]["T1.0"]["wrap"]["share_careful"]),
-            "count share": col(lambda r: first(r, "plain")["share_count"]),
-            "remainder share": col(lambda r: first(r, "plain")["share_remainder"]),
-            "off-support mass": col(lambda r: first(r, "plain")["off_support_mass"]),
+            "pass@1 train": col(lambda r: (t1(r)["plain"]["pass@1"] + t1(r)["wrap"]["pass@1"]) / 2),
+            "pass@1 wrap": col(lambda r: t1(r)["wrap"]["pass@1"]),
+            **{f"pass@{top} {kind}": col(lambda r, kind=kind: t1(r)[kind][f"pass@{top}"])
+               for kind in ("mod8", "add13")},
+            **{f"pass@1 {t}": col(lambda r, t=t: r["pass"][t]["all"]["pass@1"])
+               for t in runs[0]["base"]["pass"] if t != "T1.0"},
+            "careful on wrap": col(lambda r: t1(r)["wrap"]["share_careful"]),
+            "count first": col(lambda r: first(r)["share_count"]),
+            "remainder first": col(lambda r: first(r)["share_remainder"]),
+            "off-support": col(lambda r: first(r)["off_support_mass"]),
         }
     return out
 
@@ -489,10 +496,13 @@ def table(per_seed: dict[int, dict]) -> dict[str, dict]:
 def print_table(summary: dict, seeds: int) -> None:
     over = f"mean [min, max] over {seeds} seeds" if seeds > 1 else "one seed"
     columns = list(next(iter(summary.values())))
-    print(f"\nheld-out problems (T 1 unless named), first token on plain training problems; {over}")
-    print(f"{'':<11}" + "".join(f"{c:>26}" for c in columns))
+    cell = (lambda v: f"{v[0]:.3g} [{v[1]:.3g}, {v[2]:.3g}]") if seeds > 1 else (lambda v: f"{v[0]:.3g}")
+    width = max(len(c) for c in columns) + 2
+    width = max(width, *(len(cell(v)) + 2 for row in summary.values() for v in row.values()))
+    print(f"\nheld-out problems at T 1 unless named; the first token on wrap training problems; {over}")
+    print(f"{'':<11}" + "".join(f"{c:>{width}}" for c in columns))
     for arm, row in summary.items():
-        print(f"{arm:<11}" + "".join(f"{'{:.3g} [{:.3g}, {:.3g}]'.format(*row[c]):>26}" for c in columns))
+        print(f"{arm:<11}" + "".join(f"{cell(row[c]):>{width}}" for c in columns))
 
 
 def run(cfg: RapoToyConfig) -> dict:
@@ -505,6 +515,8 @@ def run(cfg: RapoToyConfig) -> dict:
         raise ConfigError(f"--eval-samples {cfg.eval_samples}: a power of two >= 4 (pass@k up to a quarter of it)")
     if cfg.steps % cfg.measure_every:
         raise ConfigError(f"--measure-every {cfg.measure_every} must divide --steps {cfg.steps}")
+    if 1.0 not in [float(t) for t in cfg.temperatures.split(",")]:
+        raise ConfigError(f"--temperatures {cfg.temperatures}: must include 1.0 (the table and plot are at T 1)")
     if cfg.n_eval % len(KINDS):
         raise ConfigError(f"--n-eval {cfg.n_eval}: a multiple of {len(KINDS)} (the same number of each kind)")
     t0 = time.time()
@@ -525,8 +537,9 @@ def run(cfg: RapoToyConfig) -> dict:
 
 
 def plot(per_seed: dict[int, dict], cfg: RapoToyConfig, path: Path) -> None:
-    """Left: pass@k against k (log axis) on mod8 and add13, mean over seeds. Middle: count's first-token share during
-    training (log axis). Right: remainder's share, with the computed optima of both KL directions."""
+    """Left: pass@k against k (log axis) on mod8 and add13, mean over seeds. Middle: count's first-token share on plain
+    training problems during training (log axis). Right: remainder's share on wrap training problems, with the
+    computed optima of both KL directions there."""
     import matplotlib  # here: matplotlib is needed only to draw, and slow to import
 
     matplotlib.use("Agg")
@@ -541,25 +554,26 @@ def plot(per_seed: dict[int, dict], cfg: RapoToyConfig, path: Path) -> None:
             left.plot(ks, [np.mean([r[arm]["pass"]["T1.0"][kind][f"pass@{k}"] for r in runs]) for k in ks],
                       style, color=color, marker="o", label=f"{arm} ({kind})" if kind == "mod8" or arm == "base"
                       else None)
-        for ax, share in ((middle, "share_count"), (right, "share_remainder")):
-            start = np.mean([r["base"]["first_token"]["plain"][share] for r in runs])
+        for ax, share, kind in ((middle, "share_count", "plain"), (right, "share_remainder", "wrap")):
+            start = np.mean([r["base"]["first_token"][kind][share] for r in runs])
             if arm == "base":
                 ax.axhline(start, color="k", linestyle="--", label="reference")
                 continue
             steps = [0] + [c["step"] for c in runs[0][arm]["first_token"]]
-            values = [start] + [np.mean([r[arm]["first_token"][j]["plain"][share] for r in runs])
+            values = [start] + [np.mean([r[arm]["first_token"][j][kind][share] for r in runs])
                                 for j in range(len(steps) - 1)]
             ax.plot(steps, values, color=color, marker="o", label=arm)
     for name, style in (("forward", "-."), ("reverse", ":")):
-        right.axhline(np.mean([r["base"]["optima"]["plain"][name]["share_remainder"] for r in runs]), color="grey",
+        right.axhline(np.mean([r["base"]["optima"]["wrap"][name]["share_remainder"] for r in runs]), color="grey",
                       linestyle=style, label=f"optimum, {name} KL")
     left.set(xscale="log", xlabel="k", ylabel="pass@k", ylim=(-0.02, 1.02),
              title="held-out mod8 (solid) and add13 (dotted)")
     left.set_xticks(ks, [str(k) for k in ks])
     left.minorticks_off()
-    middle.set(yscale="log", xlabel="training step", ylabel="p(first token = count)", title="count, in-support rare way")
+    middle.set(yscale="log", xlabel="training step", ylabel="p(first token = count)",
+               title="count (in the support), plain problems")
     right.set(yscale="log", xlabel="training step", ylabel="p(first token = remainder)",
-              title="remainder, off the support")
+              title="remainder (off the support), wrap problems")
     for ax in (left, middle, right):
         ax.legend(fontsize=7)
     fig.suptitle(f"RAPO toy v2, {len(runs)} seed(s), alpha {cfg.kl_coef}, beta {cfg.entropy_coef}", fontsize=9)

@@ -83,7 +83,8 @@ def make_tiny_model(out_dir: str, seed: int = 0, corpus: list[str] | None = None
 
 def warm_start(model: Qwen3ForCausalLM, examples: list[tuple[list[int], list[int]]], steps: int = 600,
                batch_size: int = 32, lr: float = 3e-3, warmup: int = 30, weight_decay: float = 0.01,
-               seed: int = 0, log_every: int = 50, long_prompt: int = 150, head_on_targets: bool = False) -> list[float]:
+               seed: int = 0, log_every: int = 50, long_prompt: int = 150,
+               head_on_targets: bool = False) -> list[float]:
     """Plain supervised fine-tuning, fp32 on CPU: cross-entropy on target tokens only (prompt tokens masked),
     AdamW with linear warm-up then cosine decay, grad-norm clip 1.0. Returns the loss per step.
 
