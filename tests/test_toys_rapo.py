@@ -112,8 +112,8 @@ def test_rapo_toy_runs_end_to_end_with_equal_budgets(tmp_path) -> None:
 
     base = rapo_world.build_base_model(str(tmp_path / "base"), n_train=300, steps=3, batch_size=8, hidden_size=64,
                                        num_layers=2, vocab_size=1000, log_every=0)
-    rapo_world.main(["--base-model", base, "--out-dir", str(tmp_path), "--seeds", "0,1", "--steps", "2",
-                     "--measure-every", "1", "--n-train", "8", "--n-eval", "4", "--eval-samples", "4",
+    rapo_world.main(["--base-model", base, "--out-dir", str(tmp_path), "--arms", "all", "--seeds", "0,1",
+                     "--steps", "2", "--measure-every", "1", "--n-train", "8", "--n-eval", "4", "--eval-samples", "4",
                      "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8", "--way-samples", "2",
                      "--temperatures", "0,0.6,1"])
     summary = json.loads((tmp_path / "summary.json").read_text())
