@@ -5,7 +5,8 @@ r"""RAPO's toy world, v2: forward vs reverse KL and reweighted vs plain, on rare
 
 RAPO's claims (Deng et al., arXiv 2510.03865; docs/algorithms.md §3) are about which answers a KL-regularised policy
 can still produce. This file builds a task family in which each claim can come out either way, a tiny base model
-with a 10^4-token vocabulary and an LLM-like tail, and five matched arms, then measures them.
+with a 10^4-token vocabulary, and five matched arms, then measures them. The outcome, against the predictions
+below: toys/README.md.
 
 The task ("four ways to add"). Four registers; add K to register d, mod M. An answer starts with one of four ways,
 and its first token says which:
@@ -29,28 +30,28 @@ Each way is a procedure with its own blind spot (`answer`), so which ways are ri
     mod8     K 3, M 8, d + 3 >= 8              -       -        right  right     (careful takes the last digit)
     add13    K 13, M 8, d != 2                 -       -        -      right     (count counts K's last digit)
 
-and each miscopies a register at its own rate (SLIP: 0.1, 0.3, 0.5, 0.1; a miscopy is never right by luck). The
-base model starts its answers with direct, careful and count in the shares 95.5%, 4% and 0.5% (SHARES), and never
-with remainder: its warm-start teaches each way's body given its first token, and, separately, how often to start
-each way; remainder's first token is never a
-target (`warm_start_examples`), so its probability is the tail's, ~1e-7 (measured by `python toys/rapo_world.py
---measure-only`). The training problems are plain and wrap (as drawn, ~30% wrap); the held-out problems are 16 of
-each kind. So each claim has its own place:
-- **Beyond the support** (Lemma 3.1 vs Proposition 3.3): add13 is solvable only by remainder, whose first token the
-  base model gives ~1e-7 and never samples (none in 10^4 samples, tests/test_toys_rapo.py). Every arm has the same
-  entropy bonus, beta = 0.1 alpha. `optima` computes, from the base model's first-token distribution and each way's
-  measured reward, the optimum of both objectives: the forward KL's (toys/prop33.py's `prop33_root`) puts mass on
-  remainder, the reverse KL's (`reverse_kl_optimum`) next to none. Each arm's learned first-token distribution is
-  compared with them.
-- **The pull on a collapsing way**: count (0.5%) is right on mod8 alone, and on the training problems it is the
-  worst way (0.5 right, against 0.9 and 0.7): GRPO's pressure drives it below the reference. The forward KL's restoring
+and each miscopies a register at its own rate (SLIP: 0.1, 0.3, 0.5, 0.1; a miscopy is never right by luck). The base
+model starts its answers with direct, careful and count in the shares 95.5%, 4% and 0.5% (SHARES), and never with
+remainder: its warm-start teaches each way's body given its first token, and, separately, how often to start each
+way; remainder's first token is never a target (`warm_start_examples`), so its probability is the tail's: 6.5e-8,
+measured (toys/README.md). The training problems are plain and wrap (as drawn, ~30% wrap); the held-out problems are
+16 of each kind. So each claim has its own place:
+- **Beyond the support** (Lemma 3.1 vs Proposition 3.3): add13 is solvable only by remainder (by design; the trained
+  arms found a back door, toys/README.md's P2), whose first token the base model gives ~1e-7 and never samples (none
+  in 10^4 samples, tests/test_toys_rapo.py). Every arm has the same entropy bonus, beta = 0.1 alpha. `optima`
+  computes, from the base model's first-token distribution and each way's measured reward, the optimum of both
+  objectives: the forward KL's (toys/prop33.py's `prop33_root`) puts mass on remainder, the reverse KL's
+  (`reverse_kl_optimum`) next to none. Each arm's learned first-token distribution is compared with them.
+- **The pull on a collapsing way**: count (0.5%) is the only in-support way right on mod8, and on the training
+  problems it is the worst (0.5 right, against 0.9 and 0.7), so GRPO's pressure should drive it below the reference
+  (P3). The forward KL's restoring
   pull on its first-token logit is alpha (ref - pi), the reverse KL's -alpha pi (log(pi / ref) - KL(pi || ref)) (exact
   gradients of both terms at that position); both are measured every --measure-every steps, with count's share.
 - **Reweighted vs plain forward KL**: on wrap problems the policy's common way fails and careful (4%, inside the
   reference's nucleus at --ref-nucleus 0.01) is right, so phi < 1 on failed samples tempers the reference towards it
   (grpo.reweighted_reference). Two RAPO arms take phi from the sample's own reward and from its group's mean.
-- **The vocabulary**: 10,000 tokens, of which the toy's text uses ~150; the rest get log-probs of -15 to -30 (an
-  LLM's tail). Each arm logs the first-token entropy and its mass on tokens the reference gives < 1e-6.
+- **The vocabulary**: 10,000 tokens, of which the toy's text uses ~150; the rest sit at log-probs near -16 (measured;
+  an LLM's tail is -20 to -30). Each arm logs the first-token entropy and its mass on tokens the reference gives < 1e-6.
 
 The arms (`ARMS`), the same in everything but what they are named for: alpha 0.3, beta 0.03, lr, steps, rollouts:
     grpo          no KL
