@@ -104,7 +104,7 @@ def test_rapo_toy_measure_gives_pass_at_k_and_the_ways_shares_by_kind():
         wrap:   careful, careful with a miscopy, direct, direct   -> rewards 1 0 0 0
         add13:  remainder, direct, direct, direct                 -> rewards 1 0 0 0
     pass@k for k up to n / 4 = 1: 1/4 on each kind and overall; careful's share on wrap 1/2, remainder's on add13
-    1/4."""
+    1/4; the right answers: careful's on wrap, remainder's on add13."""
     rng = random.Random(0)
     wrap, add13 = rapo_world.make_problem(rng, "wrap"), rapo_world.make_problem(rng, "add13")
     answers = {0: [rapo_world.answer("careful", wrap.problem), rapo_world.answer("careful", wrap.problem, 1.0, rng)]
@@ -116,6 +116,8 @@ def test_rapo_toy_measure_gives_pass_at_k_and_the_ways_shares_by_kind():
     assert set(m) == {"all", "wrap", "add13"} and m["all"] == {"pass@1": 0.25}
     assert m["wrap"]["pass@1"] == 0.25 and m["wrap"]["share_careful"] == 0.5 and m["wrap"]["share_direct"] == 0.5
     assert m["add13"]["pass@1"] == 0.25 and m["add13"]["share_remainder"] == 0.25 and m["add13"]["share_other"] == 0
+    assert m["wrap"]["right_by_careful"] == 1.0 and m["add13"]["right_by_remainder"] == 1.0  # who solved each kind
+    assert m["add13"]["right_by_direct"] == 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
