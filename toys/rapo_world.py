@@ -332,8 +332,9 @@ def pass_curve(scores: np.ndarray, k_max: int) -> dict[str, float]:
 
 
 def measure(engine, prompts: list[data.Prompt], n: int, temperature: float, max_tokens: int, seed: int) -> dict:
-    """pass@k by kind for k up to n / 4 (n >= 4k samples per problem: greedy is one sample, pass@1), and each way's
-    share of the answers by kind, from the engine's weights; stage BENCHMARK round 0, the same seeds for every arm."""
+    """pass@k by kind for k up to n / 4 (n >= 4k samples per problem: greedy is one sample, pass@1), each way's
+    share of the answers by kind, and of the right answers (`right_by_<way>`: which ways a kind is solved by), from
+    the engine's weights; stage BENCHMARK round 0, the same seeds for every arm."""
     n = 1 if temperature == 0 else n
     groups = evaluate.sample(engine, prompts, n, temperature, max_tokens, seed=seed, stage=BENCHMARK, round_index=0)
     scores = np.array([[toy_reward(s.text, p) for s in g] for g, p in zip(groups, prompts)])  # [P, n]
@@ -344,8 +345,11 @@ def measure(engine, prompts: list[data.Prompt], n: int, temperature: float, max_
     for kind in KINDS:
         if (kinds == kind).any():
             mine = kinds == kind
+            right = scores[mine] > 0  # [P_kind, n]
             out[kind] = {**pass_curve(scores[mine], k_max),
-                         **{f"share_{w}": float((ways[mine] == w).mean()) for w in (*WAYS, "other")}}
+                         **{f"share_{w}": float((ways[mine] == w).mean()) for w in (*WAYS, "other")},
+                         **{f"right_by_{w}": float((right & (ways[mine] == w)).sum() / max(right.sum(), 1))
+                            for w in (*WAYS, "other")}}
     return out
 
 
