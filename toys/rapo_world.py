@@ -188,8 +188,7 @@ def way_of(text: str) -> str:
             "count" if head.startswith("count:") else "remainder" if head.startswith("remainder:") else "other")
 
 
-def toy_reward(text: str, prompt: data.Prompt) -> float:
-    return pope_world.toy_reward(text, prompt)
+toy_reward = pope_world.toy_reward  # the one toy reward: exact match of the last \boxed{}, spaces removed
 
 
 def split(n: int, seed: int, name: str, kinds: tuple[str, ...] | None = None) -> list[data.Problem]:
@@ -442,7 +441,7 @@ def run_seed(cfg: RapoToyConfig, arms: list[str], base_dir: str, engine, tok, se
             arm_cfg, phi = arm_config(cfg, arm, base_dir, seed, end)
             history += grpo.train(arm_cfg, train, toy_reward, engine=engine, ref_sharpness=phi)
             policy = AutoModelForCausalLM.from_pretrained(grpo.latest_checkpoint(arm_cfg.out_dir) / "hf",
-                                                          torch_dtype=torch.float32)
+                                                          dtype=torch.float32)
             curve.append({"step": end, **{k: first_token_stats(first_token_probs(policy, ps), ref[k], firsts,
                                                                cfg.kl_coef) for k, ps in watched.items()}})
         results[arm] = {"pass": measure_all(engine, held_out, cfg, seed), "first_token": curve,
