@@ -1,11 +1,11 @@
-r"""RAPO's toy world, v2: forward vs reverse KL and reweighted vs plain, on rare ways and beyond the support.
+r"""RAPO's toy world, v3: forward vs reverse KL and reweighted vs plain, on rare ways and beyond the support.
 
     python toys/rapo_world.py                  # grpo-rkl, grpo-fkl and rapo, one seed (~20 minutes on 2 cores)
     python toys/rapo_world.py --arms all --seeds 0,1,2 --temperatures 0,0.6,1.0    # toys/README.md's table
 
 RAPO's claims (Deng et al., arXiv 2510.03865; docs/algorithms.md §3) are about which answers a KL-regularised policy
 can still produce. This file builds a task family in which each claim can come out either way, a tiny base model
-with a 10^4-token vocabulary, and five matched arms, then measures them. The outcome, against the predictions
+with a 10^4-token vocabulary, and six matched arms, then measures them. The outcome, against the predictions
 below: toys/README.md.
 
 The task ("four ways to add"). Four registers; add K to register d, mod M. An answer starts with one of four ways,
@@ -20,7 +20,7 @@ and its first token says which:
     direct    '\\boxed{a5 b9 c7 d7}' 0.0
     careful   'd: 1 + 13 = 14, last digit 4\n\\boxed{a5 b9 c7 d4}' 0.0
     count     'count: 1 2 3 4\n\\boxed{a5 b9 c7 d4}' 0.0
-    remainder 'remainder: 1 + 13 = 14 = 1 x 8 + 6\n\\boxed{a5 b9 c7 d6}' 1.0
+    remainder 'remainder: q1 r6\n\\boxed{a5 b9 c7 d6}' 1.0
 
 Each way is a procedure with its own blind spot (`answer`), so which ways are right depends on the problem's kind:
 
@@ -55,34 +55,38 @@ measured (toys/README.md). The training problems are plain and wrap (as drawn, ~
 
 The arms (`ARMS`), the same in everything but what they are named for: alpha 0.3, beta 0.03, lr, steps, rollouts:
     grpo          no KL
+    grpo-no-bonus no KL and no entropy bonus: GRPO's own pressure on the rare ways (v3; the one arm with another beta)
     grpo-rkl      + alpha KL(pi || ref), exact over the vocabulary
     grpo-fkl      + alpha KL(ref || pi), exact
     rapo          + alpha KL(ref_hat || pi), ref_hat = ref^phi on the nucleus, phi from the sample's reward
     rapo-group    the same with phi from the group's mean reward
 
-Pre-registered predictions (written before the three-seed run; toys/README.md reports the outcome against them):
-P1  The computed optima (alpha 0.3, beta 0.03): the forward KL's optimum puts > 1% of the first token's mass on
-    remainder on the training problems, the reverse KL's < 1e-4. (Falsified if either bound fails.)
-P2  No trained arm reaches remainder in 24 steps: its first-token share stays below 1e-4 in every arm and seed, and
-    add13's pass@k is 0 for every arm at every k. Reason: the forward KL's gradient on a token is alpha (pi - ref),
-    which is ~0 where both are ~1e-7, and a never-sampled token gets no reward; the optimum of P1 is a statement about
-    the fixed point, not about the path. (Falsified if any forward-KL arm's remainder share exceeds 1e-3 on 2 of 3
-    seeds, or add13's pass@64 exceeds 0.1 in any arm.)
-P3  GRPO collapses count: its share ends below a fifth of the reference's (0.4%), and mod8's pass@64 falls below
-    half the base model's, on every seed.
-P4  Direction matters on count once it collapses: grpo-fkl keeps count's share above grpo-rkl's on every seed, and
-    mod8's pass@64 of grpo-fkl >= grpo-rkl on every seed. (Falsified if grpo-rkl's share >= grpo-fkl's on 2 of 3 seeds.)
-P5  Reweighting lifts careful on wrap: rapo's careful share on wrap problems and wrap's pass@1 exceed grpo-fkl's on
-    every seed (falsified if not on 2 of 3); rapo-group vs rapo: no prediction (measured).
-P6  pass@1 on the training kinds: grpo >= every KL arm (the KL costs pass@1); at large k on the held-out set the
-    order is the reverse. (Falsified if a KL arm beats grpo's plain+wrap pass@1 on 2 of 3 seeds.)
-P7  (Added after the first arm's result, GRPO on seed 0, whose entropy went to log 10^4 = 9.2 nats in 13 steps,
-    and before any KL arm's: the entropy bonus, unanchored, lifts every tail token.) Per position, the stationary point
-    of the entropy bonus with each KL, on a token the reference gives ref ~ e^-16 and no reward reaches: forward,
-    log pi = -alpha / beta - H = -10, so 10^4 such tokens hold ~0.45 of the mass; reverse, log pi ~ alpha / (alpha +
-    beta) log ref = -14.5, ~0.005. So grpo-fkl, rapo and rapo-group will drift towards junk (off-support mass on the
-    first token > 0.05 by step 24) and grpo-rkl will not (< 0.01). (Falsified if grpo-fkl's off-support mass < 0.01,
-    or grpo-rkl's > 0.05.)
+v2's predictions (P1-P7) and their outcomes are in toys/README.md. v3 closed v2's back door (remainder's work now
+shares no state with careful's), rebuilt the base model, shortened the response budget to the longest answer (32
+tokens) and added grpo-no-bonus. Pre-registered predictions for v3 (written after v2's outcomes and before any v3 arm
+ran; toys/README.md reports the outcome against them). Numbers are on held-out problems at T 1 unless named, the
+first token on wrap training problems at the last step, "every seed" over seeds 0, 1, 2:
+Q1  The optima (alpha 0.3, beta 0.03, computed per training kind from the base model): on wrap problems the forward
+    KL's puts > 1% of the first token on remainder, the reverse KL's < 1e-4; on plain problems (where direct out-earns
+    remainder) both < 1e-3. (Falsified if a bound fails on any seed.)
+Q2  Beyond the support, the path: no arm reaches remainder in 24 steps. Its first-token share stays < 1e-4 in every
+    arm and seed, and add13's pass@64 is < 0.05 in every arm and seed (the base model's ~0: no in-support way is
+    right on add13, and none now shares remainder's work). The reason is v2's P2's: the forward KL's gradient on the
+    token is alpha (pi - ref) ~ 0 where both are ~1e-7, and a token never sampled earns no reward. (Falsified if a
+    forward-KL arm's remainder share exceeds 1e-3 on 2 of 3 seeds, or any arm's add13 pass@64 reaches 0.05.)
+Q3  GRPO's own pressure collapses count: grpo-no-bonus ends with count's first-token share below a fifth of the
+    reference's and mod8's pass@64 below half the base model's, on 2 of 3 seeds or more. (Falsified otherwise.)
+Q4  Replicating v2 (where P4 came out the other way round): grpo-rkl keeps count's share >= grpo-fkl's on 2 of 3
+    seeds or more. (Falsified otherwise.) No mechanism is claimed: this tests whether v2's outcome was the design's.
+Q5  Reweighting lifts careful on wrap: rapo's and rapo-group's careful share on wrap and wrap's pass@1 exceed
+    grpo-fkl's on 2 of 3 seeds or more (v2: every seed). (Falsified otherwise.)
+Q6  The unanchored bonus diverges: grpo (beta 0.03, no KL) ends with first-token entropy > 5 nats and pass@1 < 0.05
+    on every seed, below every KL arm and grpo-no-bonus. (Falsified if its pass@1 reaches the base model's on any
+    seed.)
+Q7  The tail (v2's P7 as measured): the forward-KL arms' off-support mass exceeds grpo-rkl's on every seed, and
+    grpo-rkl's stays < 0.01. (Falsified if either fails on any seed.)
+Q8  Reach at large k: every KL arm's mod8 pass@64 >= the base model's on every seed, and grpo-no-bonus's below it.
+    (Falsified if a KL arm falls below the base model's on 2 of 3 seeds.)
 
 Deliberately left out: the paper's models, data and k up to 1024 by default (--eval-samples 1024 gives k = 256);
 sampled KL estimators (the exact sums isolate the direction); training on the held-out kinds.
@@ -161,7 +165,9 @@ def answer(way: str, text: str, slip: float = 0.0, rng: random.Random | None = N
     direct     the new state at once; a register that would pass M - 1 stops there (saturates)
     careful    the sum as two digits, then its last digit: mod 10, whatever M is
     count      counts up from d, one step per unit of K's last digit, wrapping at M
-    remainder  divides the sum by M and keeps the remainder: right on every kind
+    remainder  the quotient and remainder of (d + K) / M, and keeps the remainder: right on every kind. It writes
+               no sum, so no state of its work is shared with careful's (v2's "remainder: 1 + 13 = 14 = 1 x 8 + 6"
+               was, and the trained arms switched from careful's sum into it: toys/README.md's P2)
     """
     rest, d, k, m = parse(text)
     if way == "direct":
@@ -172,7 +178,7 @@ def answer(way: str, text: str, slip: float = 0.0, rng: random.Random | None = N
         steps = [(d + i) % m for i in range(k % 10 + 1)]
         value, work = steps[-1], "count: " + " ".join(map(str, steps)) + "\n"
     elif way == "remainder":
-        value, work = (d + k) % m, f"remainder: {d} + {k} = {d + k} = {(d + k) // m} x {m} + {(d + k) % m}\n"
+        value, work = (d + k) % m, f"remainder: q{(d + k) // m} r{(d + k) % m}\n"  # no sum: no state shared
     else:
         raise ValueError(f"unknown way {way!r}; the ways are {', '.join(WAYS)}")
     if slip and rng.random() < slip:  # a copying slip in a, b or c: never right by luck
@@ -237,7 +243,7 @@ def build_base_model(out_dir: str, seed: int = 0, *, n_train: int = 20_000, step
     """Tokenizer (byte-level BPE, `vocab_size` tokens) + tiny Qwen3 + warm-start on every kind, cached in `out_dir`
     like pope_world.build_base_model (settings in toy_build.json). Returns `out_dir`."""
     settings = dict(seed=seed, n_train=n_train, steps=steps, batch_size=batch_size, lr=lr, vocab_size=vocab_size,
-                    hidden_size=hidden_size, num_layers=num_layers, shares=SHARES, slip=SLIP, version=6)
+                    hidden_size=hidden_size, num_layers=num_layers, shares=SHARES, slip=SLIP, version=7)
     marker = Path(out_dir) / "toy_build.json"
     if not force and marker.is_file() and json.loads(marker.read_text()).get("settings") == settings:
         return out_dir
@@ -359,6 +365,7 @@ def measure(engine, prompts: list[data.Prompt], n: int, temperature: float, max_
 # What each arm adds to GRPO's loss (grpo.Config fields; phi_source is rapo.phi_rule's), and nothing else.
 ARMS = {
     "grpo": lambda c: dict(kl_coef=0.0),
+    "grpo-no-bonus": lambda c: dict(kl_coef=0.0, entropy_coef=0.0),
     "grpo-rkl": lambda c: dict(kl="reverse-exact", kl_coef=c.kl_coef),
     "grpo-fkl": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef),
     "rapo": lambda c: dict(kl="forward-exact", kl_coef=c.kl_coef, ref_nucleus=c.ref_nucleus, phi_source="sample"),
@@ -372,7 +379,7 @@ class RapoToyConfig:
     seeds: str = opt("0", "comma-separated seeds: each draws its own train/eval problems and seeds every arm")
     base_model: str = opt("", "a base-model folder from build_base_model (default: built in --out-dir, ~3 minutes)")
     arms: str = opt("grpo-rkl,grpo-fkl,rapo", f"comma-separated arms from {', '.join(ARMS)}, or all [this "
-                    "project's: the three the direction and the reweighting questions need; all five take ~45 minutes "
+                    "project's: the three the direction and the reweighting questions need; all six take ~45 minutes "
                     "a seed]")
     n_train: int = opt(256, "training problems (K 3, M 10: plain and wrap, as drawn)")
     n_eval: int = opt(64, "held-out problems, the same number of each kind (plain, wrap, mod8, add13)")
@@ -392,20 +399,20 @@ class RapoToyConfig:
                              "careful, 4%% against direct's 95.5%%, is inside; rapo.py's 0.1 would leave it out]")
     temperatures: str = opt("1.0", "the held-out set's decoding sweep, comma-separated (0 = greedy; the table's: "
                             "0,0.6,1.0); T 1, the training temperature, must be among them")
-    max_new_tokens: int = opt(48, "response budget (a remainder answer is ~40 tokens)")
+    max_new_tokens: int = opt(32, "response budget [this project's: the longest answer, careful's, is 30 tokens and "
+                              "the end token]")
     way_samples: int = opt(16, "samples per training problem and way for each way's measured reward (the optima)")
 
 
 def arm_config(cfg: RapoToyConfig, arm: str, base_dir: str, seed: int, steps: int) -> tuple[grpo.Config, object]:
     """One arm's grpo.Config for a training segment that ends at `steps`, and its ref_sharpness (rapo.phi_rule)."""
-    knobs = ARMS[arm](cfg)
+    knobs = {"entropy_coef": cfg.entropy_coef, **ARMS[arm](cfg)}  # an arm may override the bonus (grpo-no-bonus)
     source = knobs.pop("phi_source", None)
     phi = rapo.phi_rule(cfg.ref_phi_min, source) if source else None  # None: the plain reference
     return grpo.Config(model=base_dir, out_dir=str(Path(cfg.out_dir) / f"seed{seed}" / arm), steps=steps, seed=seed,
                        prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, temperature=1.0,
                        max_new_tokens=cfg.max_new_tokens, max_model_len=256, lr=cfg.lr, adv_std_norm=False,
-                       micro_batch_size=128, log_samples=1, entropy_coef=cfg.entropy_coef,
-                       resume=steps > cfg.measure_every, **knobs), phi
+                       micro_batch_size=128, log_samples=1, resume=steps > cfg.measure_every, **knobs), phi
 
 
 def measure_all(engine, held_out, cfg: RapoToyConfig, seed: int) -> dict:
@@ -582,7 +589,7 @@ def plot(per_seed: dict[int, dict], cfg: RapoToyConfig, path: Path) -> None:
               title="remainder (off the support), wrap problems")
     for ax in (left, middle, right):
         ax.legend(fontsize=7)
-    fig.suptitle(f"RAPO toy v2, {len(runs)} seed(s), alpha {cfg.kl_coef}, beta {cfg.entropy_coef}", fontsize=9)
+    fig.suptitle(f"RAPO toy v3, {len(runs)} seed(s), alpha {cfg.kl_coef}, beta {cfg.entropy_coef}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
