@@ -1,4 +1,4 @@
-"""RAPO's toy world v2 ("four ways to add"): each way is right exactly on the kinds its procedure can do, a miscopy
+"""RAPO's toy world v3 ("four ways to add"): each way is right exactly on the kinds its procedure can do, a miscopy
 is never right, the pulls are the exact gradients of both KL terms, the computed optima leave the support forward and
 not reverse, `python toys/rapo_world.py` runs end to end (small) with equal budgets, and, in one slow test, what the
 toy must show whatever the claims' outcome: on the default base model, the off-support way is absent from 10^4
@@ -130,6 +130,12 @@ def test_rapo_toy_runs_end_to_end_with_equal_budgets(tmp_path) -> None:
     mean, low, high = summary["table"]["rapo"]["count first"]
     assert low <= mean <= high
     assert matplotlib.image.imread(tmp_path / "rapo_toy.png").shape[0] > 100
+    # --merge: the same table from the summary file alone, written elsewhere; a seed given twice is refused
+    rapo_world.main(["--merge", str(tmp_path / "summary.json"), "--out-dir", str(tmp_path / "merged")])
+    assert json.loads((tmp_path / "merged" / "summary.json").read_text())["table"] == summary["table"]
+    with pytest.raises(SystemExit, match="seed 0 is in"):  # one line, error: ...
+        rapo_world.main(["--merge", f"{tmp_path / 'summary.json'},{tmp_path / 'merged' / 'summary.json'}",
+                         "--out-dir", str(tmp_path / "twice")])
 
 
 @pytest.mark.slow

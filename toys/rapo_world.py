@@ -402,6 +402,8 @@ class RapoToyConfig:
     max_new_tokens: int = opt(32, "response budget [this project's: the longest answer, careful's, is 30 tokens and "
                               "the end token]")
     way_samples: int = opt(16, "samples per training problem and way for each way's measured reward (the optima)")
+    merge: str = opt("", "comma-separated summary.json files of earlier runs (one seed each, say, run side by side): "
+                     "their seeds' table and plot, written in --out-dir, instead of running")
 
 
 def arm_config(cfg: RapoToyConfig, arm: str, base_dir: str, seed: int, steps: int) -> tuple[grpo.Config, object]:
@@ -482,6 +484,7 @@ def table(per_seed: dict[int, dict]) -> dict[str, dict]:
     first token at the end on wrap training problems: count's and remainder's shares and the off-support mass."""
     runs = list(per_seed.values())
     top = max(int(k.split("@")[1]) for k in runs[0]["base"]["pass"]["T1.0"]["all"])
+    swept = [t for t in runs[0]["base"]["pass"] if t != "T1.0" and all(t in r["base"]["pass"] for r in runs)]
     out = {}
     for arm in runs[0]:
         def col(get):  # over the seeds that ran the arm (a merged table may hold an arm on fewer seeds)
@@ -497,7 +500,7 @@ def table(per_seed: dict[int, dict]) -> dict[str, dict]:
             **{f"pass@{top} {kind}": col(lambda r, kind=kind: t1(r)[kind][f"pass@{top}"])
                for kind in ("mod8", "add13")},
             **{f"pass@1 {t}": col(lambda r, t=t: r["pass"][t]["all"]["pass@1"])
-               for t in runs[0]["base"]["pass"] if t != "T1.0"},
+               for t in swept},  # the temperatures every seed ran
             "careful on wrap": col(lambda r: t1(r)["wrap"]["share_careful"]),
             "count first": col(lambda r: first(r)["share_count"]),
             "remainder first": col(lambda r: first(r)["share_remainder"]),
@@ -520,6 +523,9 @@ def print_table(summary: dict, seeds: int) -> None:
 
 def run(cfg: RapoToyConfig) -> dict:
     """Every seed's arms; summary.json ({"seeds", "table"}), the table, and the plot."""
+    if cfg.merge:
+        per_seed, settings = merge(cfg.merge.split(","))
+        return report(RapoToyConfig(**{**vars(cfg), **settings}), per_seed)
     arms = list(ARMS) if cfg.arms == "all" else cfg.arms.split(",")
     unknown = set(arms) - set(ARMS)
     if unknown:
@@ -539,13 +545,47 @@ def run(cfg: RapoToyConfig) -> dict:
     engine = make_engine(grpo.Config(model=base_dir, max_model_len=256), 1)
     seeds = [int(s) for s in cfg.seeds.split(",")]
     per_seed = {seed: run_seed(cfg, arms, base_dir, engine, tok, seed) for seed in seeds}
-    summary = {"config": vars(cfg), "seeds": per_seed, "table": table(per_seed)}
-    Path(cfg.out_dir, "summary.json").write_text(json.dumps(summary, indent=1))
-    print_table(summary["table"], len(seeds))
-    plot(per_seed, cfg, Path(cfg.out_dir) / "rapo_toy.png")
     del engine  # vLLM's teardown resets process-wide state: run it now (see pope_compare.run)
     gc.collect()
-    print(f"rapo toy: {time.time() - t0:.0f} s; summary {cfg.out_dir}/summary.json, plot {cfg.out_dir}/rapo_toy.png")
+    summary = report(cfg, per_seed)
+    print(f"rapo toy: {time.time() - t0:.0f} s")
+    return summary
+
+
+MERGE_MAY_DIFFER = ("out_dir", "seeds", "base_model", "arms", "temperatures", "merge")  # what --merge lets differ
+
+
+def merge(paths: list[str]) -> tuple[dict[int, dict], dict]:
+    """The seeds of several summary.json files, one table's worth, and their shared settings: a seed in two files, or
+    files run with different settings (other than which seeds, arms and temperatures, and where), are an error."""
+    per_seed, settings = {}, None
+    for path in paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"--merge: no file {path} (a summary.json of an earlier run)")
+        summary = json.loads(Path(path).read_text())
+        if not isinstance(summary.get("seeds"), dict) or not isinstance(summary.get("config"), dict):
+            raise ConfigError(f"--merge: {path} has no \"seeds\" and \"config\": not a rapo_world summary.json")
+        mine = {k: v for k, v in summary["config"].items() if k not in MERGE_MAY_DIFFER}
+        settings = settings or mine
+        for key in sorted(set(settings) | set(mine)):
+            if settings.get(key) != mine.get(key):
+                raise ConfigError(f"--merge: {path} ran with {key} {mine.get(key)!r}, an earlier file with "
+                                  f"{settings.get(key)!r}: a table's seeds differ only in their seed")
+        for seed, results in summary["seeds"].items():
+            if int(seed) in per_seed:
+                raise ConfigError(f"--merge: seed {seed} is in {path} and in an earlier file; give each seed once")
+            per_seed[int(seed)] = results
+    return per_seed, settings
+
+
+def report(cfg: RapoToyConfig, per_seed: dict[int, dict]) -> dict:
+    """summary.json ({"config", "seeds", "table"}), the printed table, and the plot, in --out-dir."""
+    summary = {"config": vars(cfg), "seeds": per_seed, "table": table(per_seed)}
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    Path(cfg.out_dir, "summary.json").write_text(json.dumps(summary, indent=1))
+    print_table(summary["table"], len(per_seed))
+    plot(per_seed, cfg, Path(cfg.out_dir) / "rapo_toy.png")
+    print(f"rapo toy: summary {cfg.out_dir}/summary.json, plot {cfg.out_dir}/rapo_toy.png")
     return summary
 
 
