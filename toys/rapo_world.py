@@ -1,7 +1,7 @@
 r"""RAPO's toy world, v3: forward vs reverse KL and reweighted vs plain, on rare ways and beyond the support.
 
-    python toys/rapo_world.py                  # grpo-rkl, grpo-fkl and rapo, one seed (~20 minutes on 2 cores)
-    python toys/rapo_world.py --arms all --seeds 0,1,2 --temperatures 0,0.6,1.0    # toys/README.md's table
+    python toys/rapo_world.py                  # grpo-rkl against rapo, one seed, pass@k to k = 16 (< 10 min, 2 cores)
+    python toys/rapo_world.py --arms all --seeds 0,1,2 --eval-samples 256 --temperatures 0,0.6,1.0   # the table
 
 RAPO's claims (Deng et al., arXiv 2510.03865; docs/algorithms.md §3) are about which answers a KL-regularised policy
 can still produce. This file builds a task family in which each claim can come out either way, a tiny base model
@@ -33,20 +33,20 @@ Each way is a procedure with its own blind spot (`answer`), so which ways are ri
 and each miscopies a register at its own rate (SLIP: 0.1, 0.3, 0.5, 0.1; a miscopy is never right by luck). The base
 model starts its answers with direct, careful and count in the shares 95.5%, 4% and 0.5% (SHARES), and never with
 remainder: its warm-start teaches each way's body given its first token, and, separately, how often to start each
-way; remainder's first token is never a target (`warm_start_examples`), so its probability is the tail's: 6.5e-8,
+way; remainder's first token is never a target (`warm_start_examples`), so its probability is the tail's: 5e-8 to 8e-8,
 measured (toys/README.md). The training problems are plain and wrap (as drawn, ~30% wrap); the held-out problems are
 16 of each kind. So each claim has its own place:
-- **Beyond the support** (Lemma 3.1 vs Proposition 3.3): add13 is solvable only by remainder (by design; the trained
-  arms found a back door, toys/README.md's P2), whose first token the base model gives ~1e-7 and never samples (none
-  in 10^4 samples, tests/test_toys_rapo.py). Every arm has the same entropy bonus, beta = 0.1 alpha. `optima`
-  computes, from the base model's first-token distribution and each way's measured reward, the optimum of both
-  objectives: the forward KL's (toys/prop33.py's `prop33_root`) puts mass on remainder, the reverse KL's
-  (`reverse_kl_optimum`) next to none. Each arm's learned first-token distribution is compared with them.
+- **Beyond the support** (Lemma 3.1 vs Proposition 3.3): add13 is solvable only by remainder (by its procedure; the
+  trained arms got there through back doors: v2's P2, v3's Q2), whose first token the base model gives ~1e-7 and
+  never samples (none in 10^4 samples, tests/test_toys_rapo.py). Every arm has the same entropy bonus, beta = 0.1
+  alpha. `optima` computes, from the base model's first-token distribution and each way's measured reward, the
+  optimum of both objectives: the forward KL's (toys/prop33.py's `prop33_root`) puts mass on remainder, the reverse
+  KL's (`reverse_kl_optimum`) next to none. Each arm's learned first-token distribution is compared with them.
 - **The pull on a collapsing way**: count (0.5%) is the only in-support way right on mod8, and on the training
   problems it is the worst (0.5 right, against 0.9 and 0.7), so GRPO's pressure should drive it below the reference
-  (P3). The forward KL's restoring
-  pull on its first-token logit is alpha (ref - pi), the reverse KL's -alpha pi (log(pi / ref) - KL(pi || ref)) (exact
-  gradients of both terms at that position); both are measured every --measure-every steps, with count's share.
+  (Q3). The forward KL's restoring pull on its first-token logit is alpha (ref - pi), the reverse KL's
+  -alpha pi (log(pi / ref) - KL(pi || ref)) (exact gradients of both terms at that position); both are measured
+  every --measure-every steps, with count's share.
 - **Reweighted vs plain forward KL**: on wrap problems the policy's common way fails and careful (4%, inside the
   reference's nucleus at --ref-nucleus 0.01) is right, so phi < 1 on failed samples tempers the reference towards it
   (grpo.reweighted_reference). Two RAPO arms take phi from the sample's own reward and from its group's mean.
@@ -378,13 +378,14 @@ class RapoToyConfig:
     out_dir: str = opt("runs/rapo-toy", "base model, arms' runs, summary JSON and the PNG")
     seeds: str = opt("0", "comma-separated seeds: each draws its own train/eval problems and seeds every arm")
     base_model: str = opt("", "a base-model folder from build_base_model (default: built in --out-dir, ~3 minutes)")
-    arms: str = opt("grpo-rkl,grpo-fkl,rapo", f"comma-separated arms from {', '.join(ARMS)}, or all [this "
-                    "project's: the three the direction and the reweighting questions need; all six take ~45 minutes "
-                    "a seed]")
+    arms: str = opt("grpo-rkl,rapo", f"comma-separated arms from {', '.join(ARMS)}, or all [this project's: "
+                    "GRPO with its usual reverse KL against RAPO, the paper's comparison, within 10 minutes; the "
+                    "table's all six take ~25 minutes a seed at --eval-samples 256, 38 with the decoding sweep]")
     n_train: int = opt(256, "training problems (K 3, M 10: plain and wrap, as drawn)")
     n_eval: int = opt(64, "held-out problems, the same number of each kind (plain, wrap, mod8, add13)")
-    eval_samples: int = opt(256, "samples per held-out problem at T 1 and T 0.6: pass@k for k = 1, 2, 4 ... up to a "
-                            "quarter of this (n >= 4k)")
+    eval_samples: int = opt(64, "samples per held-out problem at each sampled temperature: pass@k for k = 1, 2, "
+                            "4 ... up to a quarter of this (n >= 4k) [this project's: 64 within 10 minutes; the "
+                            "table's: 256]")
     steps: int = opt(24, "training steps per arm")
     measure_every: int = opt(8, "the first token's distribution and the pulls every this many steps (a divisor of "
                              "--steps: training runs in segments that resume from the last checkpoint)")
