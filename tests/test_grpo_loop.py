@@ -116,8 +116,11 @@ def test_a_train_step_does_not_depend_on_the_micro_batch_size(tiny_model, engine
         runs.append(grpo.train(cfg, tiny_prompts(tiny_model), scatter_reward, engine=engine)[0])
     assert runs[0]["grad_norm"] > 1e-3, runs
     for run in runs[1:]:
-        for key in ("grad_norm", "kl", "entropy", "logprob_gap_mean"):
+        for key in ("grad_norm", "kl", "entropy"):
             assert run[key] == pytest.approx(runs[0][key], rel=1e-5, abs=1e-9), (key, runs)
+        # the vLLM-vs-trainer gap is float32 rounding (~1e-7), and its mean moves with the batch's shape on some CPUs
+        # (1.1% measured on one 2-core box): a normalisation by the micro-batch (x 1/32) would still fail this
+        assert run["logprob_gap_mean"] == pytest.approx(runs[0]["logprob_gap_mean"], rel=0.05), runs
 
 
 @pytest.mark.parametrize("minibatches", [1, 2])
