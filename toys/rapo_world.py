@@ -563,10 +563,16 @@ def merge(paths: list[str]) -> tuple[dict[int, dict], dict]:
     for path in paths:
         if not Path(path).is_file():
             raise ConfigError(f"--merge: no file {path} (a summary.json of an earlier run)")
-        summary = json.loads(Path(path).read_text())
-        if not isinstance(summary.get("seeds"), dict) or not isinstance(summary.get("config"), dict):
+        try:
+            summary = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--merge: {path} is not JSON ({e})") from None
+        if not isinstance(summary, dict) or not isinstance(summary.get("seeds"), dict) or not isinstance(summary.get("config"), dict):
             raise ConfigError(f"--merge: {path} has no \"seeds\" and \"config\": not a rapo_world summary.json")
         mine = {k: v for k, v in summary["config"].items() if k not in MERGE_MAY_DIFFER}
+        unknown = set(mine) - set(RapoToyConfig.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"--merge: {path} ran with settings this version lacks: {', '.join(sorted(unknown))}")
         settings = settings or mine
         for key in sorted(set(settings) | set(mine)):
             if settings.get(key) != mine.get(key):
