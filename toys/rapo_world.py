@@ -573,7 +573,7 @@ def merge(paths: list[str]) -> tuple[dict[int, dict], dict]:
         unknown = set(mine) - set(RapoToyConfig.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"--merge: {path} ran with settings this version lacks: {', '.join(sorted(unknown))}")
-        settings = settings or mine
+        settings = mine if settings is None else settings
         for key in sorted(set(settings) | set(mine)):
             if settings.get(key) != mine.get(key):
                 raise ConfigError(f"--merge: {path} ran with {key} {mine.get(key)!r}, an earlier file with "
